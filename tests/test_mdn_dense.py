@@ -1,0 +1,287 @@
+"""Oracle and invariance tests for mdn_dense.py (the mixture math, losses, decoding)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+import mdn_dense as md
+
+
+def random_mixture(N=6, M=3, K=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    D = 2 * K
+    target = torch.randn(N, D, generator=g, dtype=dtype) * 5
+    mu = target[:, None, :] + torch.randn(N, M, D, generator=g, dtype=dtype) * 3
+    sigma = torch.rand(N, M, 2, generator=g, dtype=dtype) * 2 + 0.3
+    log_alpha = F.log_softmax(torch.randn(N, M, generator=g, dtype=dtype), dim=1)
+    mask = (torch.rand(N, K, generator=g) > 0.3).to(dtype).repeat_interleave(2, dim=1)
+    mask[0] = 0  # an instance with no visible joint
+    kpt_scale = torch.rand(K, generator=g, dtype=dtype) + 0.2
+    return target, mu, sigma, log_alpha, mask, kpt_scale
+
+
+def oracle_nll(target, mu, sigma, log_alpha, mask, kpt_scale):
+    """Per instance: a MixtureSameFamily of independent Normals over the visible dims."""
+    N, M, D = mu.shape
+    std = sigma.repeat(1, 1, D // 2) * kpt_scale.repeat_interleave(2)  # (N, M, D)
+    out = []
+    for i in range(N):
+        vis = mask[i].bool()
+        if not vis.any():
+            out.append(torch.zeros((), dtype=mu.dtype))
+            continue
+        comp = Independent(Normal(mu[i][:, vis], std[i][:, vis]), 1)
+        mix = MixtureSameFamily(Categorical(logits=log_alpha[i]), comp)
+        out.append(-mix.log_prob(target[i][vis]))
+    return torch.stack(out)
+
+
+def test_mdn_nll_matches_torch_distributions():
+    args = random_mixture()
+    ours, ref = md.mdn_nll(*args), oracle_nll(*args)
+    assert ours.dtype == torch.float64
+    assert (ours - ref).abs().max() < 1e-5
+    assert ours[0] == 0  # all-masked instance contributes nothing
+
+
+def test_mdn_nll_detection_shape_without_mask_or_scale():
+    target, mu, sigma, log_alpha, _, _ = random_mixture(K=1)
+    ours = md.mdn_nll(target, mu, sigma, log_alpha)
+    ref = oracle_nll(target, mu, sigma, log_alpha, torch.ones_like(target), torch.ones(1, dtype=torch.float64))
+    assert (ours - ref).abs().max() < 1e-5
+
+
+def test_mdn_nll_keeps_log_kpt_scale_term():
+    # Halving every k_j halves every std: the density of a 2K-dim Gaussian at its mean
+    # rises by 2K*log 2, so the NLL drops by exactly that (the official code drops it).
+    target, mu, sigma, log_alpha, _, k = random_mixture(N=1, M=1, K=3)
+    mu = target[:, None, :].clone()
+    diff = md.mdn_nll(target, mu, sigma, log_alpha, kpt_scale=k) - md.mdn_nll(target, mu, sigma, log_alpha, kpt_scale=k / 2)
+    assert torch.allclose(diff, torch.tensor([6 * math.log(2)], dtype=torch.float64))
+
+
+def test_mdn_nll_gradcheck():
+    target, mu, sigma, log_alpha, mask, k = random_mixture(N=3, M=2, K=2)
+    mu.requires_grad_(); sigma.requires_grad_(); log_alpha.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b, c: md.mdn_nll(target, a, b, c, mask, k), (mu, sigma, log_alpha))
+
+
+def test_single_component_is_a_gaussian_nll():
+    target, mu, sigma, _, _, _ = random_mixture(M=1, K=1)
+    ours = md.mdn_nll(target, mu, sigma, torch.zeros(len(target), 1, dtype=torch.float64))
+    ref = -Normal(mu[:, 0], sigma[:, 0]).log_prob(target).sum(-1)
+    assert (ours - ref).abs().max() < 1e-10
+
+
+def test_kpt_scale_wrong_length_is_a_clear_error():
+    target, mu, sigma, log_alpha, mask, _ = random_mixture(K=4)
+    with pytest.raises(ValueError, match="kpt_scale has 3 entries, expected D/2 = 4"):
+        md.mdn_nll(target, mu, sigma, log_alpha, mask, torch.ones(3))
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_mixture_loss_is_finite_for_extreme_inputs(autocast):
+    N, M, K = 5, 3, 17
+    logits = torch.tensor([1e4, -1e4, 0.0]).repeat(N, 1).requires_grad_()
+    raw_sigma = torch.tensor([1e3, -1e3]).repeat(N, M, 1).requires_grad_()
+    mu = torch.zeros(N, M, 2 * K, requires_grad=True)
+    target = torch.full((N, 2 * K), 1e4)  # residuals of 1e4 output pixels
+    mask = torch.ones(N, 2 * K)
+    mask[1] = 0  # an all-masked instance
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        sigma = md.sigma_activation(raw_sigma, floor=0.0)  # the worst floor: sigma can reach ~0
+        nll = md.mdn_nll(target, mu, sigma, md.log_mixing_coefficients(logits), mask, md.COCO_KPT_SCALE)
+        loss = nll.sum()
+    assert nll.dtype == torch.float32 and torch.isfinite(nll).all()
+    loss.backward()
+    for t in (logits, raw_sigma, mu):
+        assert torch.isfinite(t.grad).all()
+
+
+def test_sigma_activation_stays_above_floor():
+    for floor in (1.0, 9.0):
+        assert (md.sigma_activation(torch.linspace(-8, 1e3, 1001), floor) > floor).all()
+        # float32 saturation: ELU(-1e3) + 1 is exactly 0, so sigma reaches the floor itself
+        assert (md.sigma_activation(torch.tensor([-1e3, -1e4]), floor) >= floor).all()
+        assert torch.allclose(md.sigma_activation(torch.zeros(1), floor), torch.tensor([1.0 + floor]))
+    with pytest.raises(ValueError):
+        md.sigma_activation(torch.zeros(1), -1.0)
+
+
+def slow_focal(logits, gt):
+    pos_sum, neg_sum, n_pos = 0.0, 0.0, 0
+    for idx in torch.cartesian_prod(*[torch.arange(s) for s in logits.shape]):
+        p = min(max(torch.sigmoid(logits[tuple(idx)]).item(), 1e-4), 1 - 1e-4)
+        y = gt[tuple(idx)].item()
+        if y == 1:
+            pos_sum += math.log(p) * (1 - p) ** 2
+            n_pos += 1
+        else:
+            neg_sum += math.log(1 - p) * p ** 2 * (1 - y) ** 4
+    return -(pos_sum + neg_sum) / max(n_pos, 1)
+
+
+def test_focal_loss_matches_slow_loop():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 5, 6, generator=g) * 3
+    gt = torch.rand(2, 3, 5, 6, generator=g) * 0.9
+    gt[0, 1, 2, 3] = gt[1, 2, 4, 5] = gt[1, 0, 0, 0] = 1.0
+    assert abs(md.focal_loss(logits, gt).item() - slow_focal(logits, gt)) < 1e-4
+    gt_empty = torch.zeros_like(gt)
+    empty = md.focal_loss(logits, gt_empty)
+    assert torch.isfinite(empty) and abs(empty.item() - slow_focal(logits, gt_empty)) < 1e-4
+
+
+def test_focal_loss_finite_in_bf16_with_confident_logits():
+    logits = torch.full((1, 1, 4, 4), 30.0, requires_grad=True)
+    gt = torch.zeros(1, 1, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = md.focal_loss(logits.to(torch.bfloat16), gt)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+
+
+def test_head_channels_ladder():
+    assert md.head_channels("det", 0, num_classes=80) == {"hm": 80, "reg": 2, "wh": 2}
+    assert md.head_channels("det", 3) == {"hm": 80, "reg": 2, "wh": 6, "mdn_sigma": 6, "mdn_logits": 3}
+    pose = md.head_channels("pose", 3, num_joints=17)
+    assert pose["hps"] == 102 and pose["hm_hp"] == 17 and pose["mdn_logits"] == 3
+    assert "hm_hp" not in md.head_channels("pose", 1, refine=False)
+    heads = md.Heads(pose, in_channels=8, head_conv=16)
+    out = heads(torch.zeros(2, 8, 5, 7))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, c, 5, 7) for k, c in pose.items()}
+    assert torch.all(heads["hm"][-1].bias == -2.19) and torch.all(heads["hps"][-1].bias == 0)
+
+
+def planted_maps(task="det", M=3, K=2, H=16, W=20, C=2):
+    """Hand-built raw outputs with two planted objects."""
+    B = 1
+    heads = md.head_channels(task, M, num_classes=C, num_joints=K)
+    out = {name: torch.zeros(B, ch, H, W) for name, ch in heads.items()}
+    out["hm"][:] = -10
+    out["hm"][0, C - 1, 4, 5] = 3.0  # object A: class C-1 at (x=5, y=4)
+    out["hm"][0, 0, 10, 12] = 2.0   # object B: class 0 at (x=12, y=10)
+    out["reg"][0, :, 4, 5] = torch.tensor([0.25, 0.5])
+    D = 2 if task == "det" else 2 * K
+    key = md.regression_key(task)
+    mu = out[key].view(B, M, D, H, W)
+    mu[0, :, :, 4, 5] = torch.arange(M * D, dtype=torch.float32).view(M, D) + 1  # component m: values m*D+1..
+    mu[0, :, :, 10, 12] = 7.0
+    out["mdn_logits"][0, :, 4, 5] = torch.tensor([0.0, 2.0, 1.0])[:M]  # alpha argmax = 1 at A
+    out["mdn_logits"][0, :, 10, 12] = torch.tensor([5.0, 0.0, 0.0])[:M]  # argmax = 0 at B
+    out["mdn_sigma"][0, :, 4, 5] = 0.0  # sigma = ELU(0) + 1 + floor
+    if task == "pose":
+        out["wh"][0, :, 4, 5] = torch.tensor([4.0, 6.0])
+    return out
+
+
+def test_decode_returns_planted_peaks_boxes_and_components():
+    out = planted_maps("det")
+    det = md.decode(out, "det", 3, sigma_floor=1.0, k=2)
+    assert det["classes"][0].tolist() == [1, 0]
+    assert torch.allclose(det["centers"][0, 0], torch.tensor([5.25, 4.5]))
+    # component 1 of A holds (w, h) = (3, 4): box = centre +- wh / 2
+    assert torch.allclose(det["boxes"][0, 0], torch.tensor([5.25 - 1.5, 4.5 - 2, 5.25 + 1.5, 4.5 + 2]))
+    assert det["component"][0].tolist() == [1, 0]
+    alpha = torch.softmax(torch.tensor([0.0, 2.0, 1.0]), 0)
+    assert torch.allclose(det["alpha"][0, 0], alpha[1]) and torch.allclose(det["sigma"][0, 0], torch.tensor([2.0, 2.0]))
+    forced = md.decode(out, "det", 3, sigma_floor=1.0, k=2, component=2)
+    assert forced["component"][0].tolist() == [2, 2]
+    assert torch.allclose(forced["boxes"][0, 0, 2:] - forced["boxes"][0, 0, :2], torch.tensor([5.0, 6.0]))
+    mean = md.decode(out, "det", 3, sigma_floor=1.0, k=2, component="mean")
+    wh_mean = (alpha[:, None] * torch.tensor([[1.0, 2], [3, 4], [5, 6]])).sum(0)
+    assert torch.allclose(mean["boxes"][0, 0, 2:] - mean["boxes"][0, 0, :2], wh_mean, atol=1e-5)
+    with pytest.raises(ValueError):
+        md.decode(out, "det", 3, sigma_floor=1.0, component=3)
+
+
+def test_decode_pose_joints_from_integer_peak():
+    out = planted_maps("pose", K=2, C=1)
+    det = md.decode(out, "pose", 3, sigma_floor=9.0, k=2)
+    # component 1 at A holds offsets (5, 6, 7, 8): joints = integer peak (5, 4) + offsets
+    assert torch.allclose(det["keypoints"][0, 0], torch.tensor([[10.0, 10.0], [12.0, 12.0]]))
+    assert torch.allclose(det["boxes"][0, 0], torch.tensor([5.25 - 2, 4.5 - 3, 5.25 + 2, 4.5 + 3]))
+
+
+def test_base_model_decodes_as_one_component():
+    out = planted_maps("det")
+    base = {"hm": out["hm"], "reg": out["reg"], "wh": out["wh"][:, :2]}
+    det = md.decode(base, "det", 0, sigma_floor=1.0, k=2)
+    assert det["component"].eq(0).all() and torch.allclose(det["alpha"], torch.ones(1, 2))
+
+
+def test_refine_snaps_to_near_peaks_only():
+    H = W = 32
+    kps = torch.tensor([[[[10.0, 10.0], [20.0, 20.0]]]])       # (B=1, k=1, K=2, 2)
+    boxes = torch.tensor([[[0.0, 0.0, 30.0, 30.0]]])
+    hm_hp = torch.full((1, 2, H, W), -10.0)
+    hm_hp[0, 0, 11, 11] = 5.0   # joint 0: peak 1.4 px away -> snap (to cell + 0.5)
+    hm_hp[0, 1, 2, 2] = 5.0     # joint 1: peak 25 px away > 0.3 * 30 -> keep
+    refined = md.refine_joints(kps, hm_hp, None, boxes)
+    assert torch.allclose(refined[0, 0, 0], torch.tensor([11.5, 11.5]))
+    assert torch.allclose(refined[0, 0, 1], torch.tensor([20.0, 20.0]))
+
+
+def mirror(out, flip_idx):
+    """The exact outputs a perfect network gives for the mirrored image."""
+    f = lambda t: torch.flip(t, dims=[3])
+    m = {k: f(v) for k, v in out.items()}
+    B, _, H, W = out["hps"].shape
+    K = len(flip_idx)
+    hps = f(out["hps"]).view(B, -1, K, 2, H, W)[:, :, flip_idx].clone()
+    hps[:, :, :, 0] *= -1
+    m["hps"] = hps.reshape(B, -1, H, W)
+    m["hm_hp"] = f(out["hm_hp"])[:, flip_idx]
+    return m
+
+
+def test_flip_merge_of_a_perfect_mirror_is_identity():
+    g = torch.Generator().manual_seed(3)
+    heads = md.head_channels("pose", 3, num_joints=4)
+    out = {k: torch.randn(2, c, 6, 8, generator=g) for k, c in heads.items()}
+    flip_idx = [1, 0, 3, 2]
+    merged = md.flip_merge(out, mirror(out, flip_idx), "pose", 3, flip_idx)
+    for name in ("hm", "hps", "wh", "mdn_sigma", "mdn_logits", "hm_hp"):
+        assert torch.allclose(merged[name], out[name], atol=1e-4), name
+
+
+def two_object_batch(task="pose", K=2, H=8, W=8):
+    N = 4
+    batch = {"hm": torch.zeros(1, 1, H, W), "ind": torch.tensor([[9, 30, 0, 0]]),
+             "mask": torch.tensor([[1.0, 1, 0, 0]]), "reg": torch.rand(1, N, 2),
+             "wh": torch.rand(1, N, 2) * 4, "hps": torch.randn(1, N, 2 * K),
+             "hps_mask": torch.ones(1, N, 2 * K), "hm_hp": torch.zeros(1, K, H, W),
+             "hp_ind": torch.zeros(1, N * K, dtype=torch.long), "hp_mask": torch.zeros(1, N * K),
+             "hp_offset": torch.zeros(1, N * K, 2)}
+    batch["hm"][0, 0, 1, 1] = batch["hm"][0, 0, 3, 6] = 1.0
+    return batch
+
+
+def test_total_loss_averages_stacks_and_counts_every_stack():
+    torch.manual_seed(0)
+    heads = md.head_channels("pose", 3, num_joints=2)
+    out_a = {k: torch.randn(1, c, 8, 8) for k, c in heads.items()}
+    out_b = {k: torch.randn(1, c, 8, 8) for k, c in heads.items()}
+    batch = two_object_batch()
+    la, pa = md.total_loss([out_a], batch, "pose", 3, 9.0)
+    lb, pb = md.total_loss([out_b], batch, "pose", 3, 9.0)
+    lab, pab = md.total_loss([out_a, out_b], batch, "pose", 3, 9.0)
+    assert torch.allclose(lab, (la + lb) / 2)
+    assert abs(pab["hps"] - (pa["hps"] + pb["hps"]) / 2) < 1e-5
+    assert set(pa) == {"hm", "reg", "wh", "hps", "hm_hp", "hp_offset"}
+    # weights of Eq. (6): hps counts with 0.1 for the mixture
+    expected = pa["hm"] + pa["reg"] + 0.1 * pa["wh"] + 0.1 * pa["hps"] + pa["hm_hp"] + pa["hp_offset"]
+    assert abs(la.item() - expected) < 1e-4
+
+
+def test_mixture_loss_normalised_by_one_plus_objects():
+    heads = md.head_channels("det", 2, num_classes=1)
+    out = {k: torch.randn(1, c, 8, 8) for k, c in heads.items()}
+    batch = two_object_batch("det")
+    mu, sigma, la = md.mixture_params(out, "det", 2, 1.0)
+    ind = batch["ind"][0, :2]
+    per_obj = md.mdn_nll(batch["wh"][0, :2], mu.flatten(3)[0, :, :, ind].permute(2, 0, 1),
+                         sigma.flatten(3)[0, :, :, ind].permute(2, 0, 1), la.flatten(2)[0, :, ind].T)
+    assert torch.allclose(md.mixture_loss(out, batch, "det", 2, 1.0), per_obj.sum() / 3)

@@ -1,0 +1,20 @@
+"""The README's test command is what CI runs, and the README names only files that exist."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    test_cmd = next(l.split("#")[0].strip() for l in block.splitlines() if "pytest" in l)
+    ci_lines = [l.strip() for l in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "python3 " + test_cmd.removeprefix("python ") in ci_lines or test_cmd in ci_lines
+
+
+def test_readme_tour_names_existing_files():
+    readme = (ROOT / "README.md").read_text()
+    tour = readme.split("## A tour of the files")[1].split("\n## ")[0]
+    for name in re.findall(r"^\| `([^`]+)`", tour, re.M):
+        assert (ROOT / name.rstrip("/")).exists(), name
