@@ -2,7 +2,9 @@
 
     python train.py --task pose --m 3                 # synthetic data, small net, CPU minutes
     python train.py --task det --m 3 --data COCO_ROOT --arch hourglass104 --schedule 1x
-    torchrun --nproc_per_node=8 train.py --task pose --m 3 --data COCO_ROOT --arch hourglass104
+    torchrun --nproc_per_node=8 train.py --task pose --mdn 3 --data COCO_ROOT --arch hourglass104
+
+(--mdn is --m under another name: torchrun would read --m as one of its own flags.)
 
 A plain loop: Adam, step decay, the total loss of Eq. (6) (mdn_dense.total_loss) summed
 over hourglass stacks, one JSON line per epoch, an atomic checkpoint per epoch, COCO AP
@@ -250,7 +252,9 @@ def train(cfg, resume=False):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["det", "pose"], default="pose", help="det (boxes, all categories) or pose (person keypoints); default pose")
-    p.add_argument("--m", type=int, default=3, help="mixture components: 0 = single-mode CenterNet base (L1), M >= 1 = MDN_M (default 3)")
+    p.add_argument("--m", "--mdn", dest="m", type=int, default=3,
+                   help="mixture components: 0 = single-mode CenterNet base (L1), M >= 1 = MDN_M (default 3). "
+                        "Under torchrun write --mdn: torchrun's own parser takes --m for a prefix of its flags")
     d = p.add_argument_group("data (default: the synthetic COCO-format demo set, generated on first use)")
     d.add_argument("--data", help="COCO 2017 root: annotations/, train2017/, val2017/")
     d.add_argument("--ann", help="training annotation JSON of any COCO-format set (with --images)")

@@ -1,0 +1,96 @@
+"""train.py end to end on a tiny synthetic set: train -> checkpoint -> evaluate, resume
+equivalence, non-finite loss handling, a 2-process torchrun (gloo) run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+import mdn_dense as md
+import train
+from synthetic_coco import make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_pose(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_dataset(root, "pose", "train", 16)
+
+
+def args_for(data, out, *extra, m_flag="--m"):
+    ann, images = data
+    return ["--task", "pose", m_flag, "2", "--ann", ann, "--images", images, "--arch", "small_dla",
+            "--batch-size", "8", "--input-size", "64", "--lr-steps", "--out", str(out), *extra]
+
+
+def test_train_checkpoint_evaluate(tiny_pose, tmp_path, capsys):
+    stats = train.main(args_for(tiny_pose, tmp_path / "run", "--epochs", "1"))
+    assert set(stats) == {"All", "1", "2"}
+    run = tmp_path / "run"
+    lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and {"hm", "hps", "total", "lr", "time", "AP"} <= set(lines[0])
+    assert (run / "curves.png").stat().st_size > 0 and json.loads((run / "config.json").read_text())["m"] == 2
+    ckpt = torch.load(run / "ckpt.pt", weights_only=True)  # plain dict config: loadable safely
+    assert ckpt["epoch"] == 0 and ckpt["config"]["task"] == "pose"
+    out = capsys.readouterr().out
+    assert "Comp." in out and "All" in out
+    again = evaluate.main(["--checkpoint", str(run / "ckpt.pt"), "--ann", tiny_pose[0],
+                           "--images", tiny_pose[1], "--out", str(tmp_path / "eval")])
+    assert again["All"] == pytest.approx(stats["All"])  # same model, same split, same AP
+    assert (tmp_path / "eval" / "results.json").exists()
+
+
+def test_existing_run_is_not_overwritten(tiny_pose, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "ckpt.pt").write_bytes(b"precious")
+    with pytest.raises(SystemExit, match="--resume"):
+        train.main(args_for(tiny_pose, out, "--epochs", "1"))
+    assert (out / "ckpt.pt").read_bytes() == b"precious"
+
+
+def test_resume_matches_uninterrupted_run(tiny_pose, tmp_path):
+    full = train.main(args_for(tiny_pose, tmp_path / "a", "--epochs", "2"))
+    train.main(args_for(tiny_pose, tmp_path / "b", "--epochs", "1"))          # interrupted after epoch 1
+    resumed = train.main(args_for(tiny_pose, tmp_path / "b", "--epochs", "2", "--resume"))
+    a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert resumed["All"] == pytest.approx(full["All"])
+    assert [h["total"] for h in a["history"]] == [h["total"] for h in b["history"]]
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny_pose, tmp_path, monkeypatch):
+    def exploding(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        return loss * float("nan"), parts
+    real = md.total_loss
+    monkeypatch.setattr(md, "total_loss", exploding)
+    with pytest.raises(SystemExit, match=r"non-finite loss .* epoch 1, step 0 .*last good checkpoint: none"):
+        train.main(args_for(tiny_pose, tmp_path / "run", "--epochs", "1"))
+
+
+def test_unknown_arch_and_missing_images_flag(tiny_pose, tmp_path):
+    with pytest.raises(SystemExit):
+        train.main(["--ann", tiny_pose[0], "--out", str(tmp_path / "x")])  # --ann needs --images
+    with pytest.raises(ValueError, match="unknown --arch"):
+        train.build_model("resnet", md.head_channels("pose", 1))
+
+
+def test_torchrun_two_processes_gloo(tiny_pose, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), *args_for(tiny_pose, tmp_path / "ddp", "--epochs", "1", m_flag="--mdn")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Comp.") == 1  # rank 0 alone prints the table
+    lines = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and "AP" in json.loads(lines[0])
+    assert torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)["epoch"] == 0
