@@ -1,0 +1,433 @@
+"""COCO-format data: loading, augmentation and CenterNet target rendering (paper §3.2, §4).
+
+One data path for real COCO 2017, the real sample in ../shared/coco_sample and the synthetic
+datasets of synthetic_coco.py: a COCO annotation JSON plus an image folder, read with pycocotools.
+
+  coco2017_paths / load_coco      find and validate an annotation file (clear errors)
+  flip_index                      each joint's mirror joint, from the keypoint names
+  gaussian_radius / draw_gaussian CornerNet's radius and splat (CenterNet's image.py)
+  render_targets                  the target dict of mdn_dense.py's docstring (CenterNet's
+                                  ctdet.py / multi_pose.py __getitem__), a pure function
+  affine_matrix / invert_affine / apply_affine   the one warp per image and its inverse
+  color_matrix                    colour jitter + PCA lighting + normalisation as one 3x3 map
+  CocoDataset                     the torch Dataset for task "det" or "pose"
+
+Coordinates are continuous: pixel (i, j) covers [i, i+1) x [j, j+1), as COCO boxes and PIL's
+Image.transform use them, so a warp and its inverse are exact and the output map is input / 4.
+
+Where this differs from the official code (CenterNet / MixtureDenseRegression):
+- RGB, not BGR: mean, std, the PCA eigenvectors and the grey weights are reversed to RGB
+  order, so each colour gets the official numbers (official weights would need BGR input).
+- The warp is PIL's Image.transform (AFFINE, BILINEAR; opencv is not a dependency), in
+  continuous coordinates. The flip is part of the same affine, x -> S - x, exactly
+  invertible (the official flips the array and maps x -> width - 1 - x, the pixel-index
+  convention). Boxes are clipped to [0, W] (the official: [0, W - 1]).
+- Crowd annotations are not targets (the official code uses crowd boxes as objects).
+- Persons with zero keypoints are centre positives with wh/reg (mask 1) and hps_mask 0; the
+  official sets their reg mask to 0 and tries to lower their heatmap peak to 0.9999, which
+  the Gaussian splat then overwrites with 1.
+- max_objs counts the objects kept (crowd and degenerate boxes skipped); the official
+  truncates the raw annotation list first.
+- The pose training set keeps images with at least one non-crowd person (the official:
+  any annotation, crowd included).
+- gaussian_radius keeps CornerNet's formula by default (see its docstring: the quirk makes
+  radii 2.8x the exact third-case root), so heatmaps match the official ones;
+  cornernet_quirk=False gives the exact radius.
+- Colour jitter is one per-pixel 3x3 matrix (the official applies brightness, contrast and
+  saturation one by one in random order; their composition is the same affine map of the
+  pixel, see color_matrix). Train scales are the official discrete choice 0.6, ..., 1.3.
+- Validation is a fixed-size letterbox (the official default, fix_res): the image centre,
+  scale max(h, w), an S x S input; the sample carries out2img to map predictions back.
+- Random streams: the official dataset holds one np.random.RandomState(123) that every
+  data-loader worker copies (identical augmentations across workers) and shuffles the
+  colour operations with Python's unseeded `random`. Here each training sample draws a
+  fresh np.random.Generator seeded from torch's RNG, which PyTorch seeds differently in each
+  worker (base_seed + worker_id, a new base_seed every epoch): no worker_init_fn is needed,
+  and torch.manual_seed(s) with num_workers=0 makes every sample reproducible.
+- Bad input raises errors naming the file (and image id); skip_bad_images=True instead
+  replaces an unreadable image by the next one, with a counted warning.
+"""
+import contextlib
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+STRIDE = 4                                  # output map = input / 4
+MAX_OBJS = {"det": 128, "pose": 32}
+TRAIN_SCALES = tuple(np.arange(0.6, 1.4, 0.1))  # official: s *= choice(0.6, 0.7, ..., 1.3)
+# CenterNet's COCO statistics, official BGR values reversed to RGB.
+MEAN_RGB = np.array([0.47026115, 0.44719302, 0.40789654], np.float32)
+STD_RGB = np.array([0.27809835, 0.27408164, 0.28863828], np.float32)
+EIG_VAL = np.array([0.2141788, 0.01817699, 0.00459066], np.float32)
+EIG_VEC_RGB = np.array([[-0.56089297, 0.71832671, 0.41158938],   # rows: R, G, B
+                        [-0.5832747, 0.00994535, -0.81221408],
+                        [-0.58752847, -0.69563484, 0.41340352]], np.float32)
+GRAY_RGB = np.array([0.299, 0.587, 0.114], np.float32)  # cv2's BGR2GRAY weights, RGB order
+
+
+# ----------------------------------------------------------------------------- files
+def coco2017_paths(root, task, split):
+    """A COCO 2017 root -> (ann_file, image_dir) for task "det"/"pose", split "train"/"val"."""
+    if task not in ("det", "pose") or split not in ("train", "val"):
+        raise ValueError(f"task must be det/pose and split train/val, got {task!r}, {split!r}")
+    root = Path(root)
+    prefix = "instances" if task == "det" else "person_keypoints"
+    ann_file, image_dir = root / "annotations" / f"{prefix}_{split}2017.json", root / f"{split}2017"
+    for path in (ann_file, image_dir):
+        if not path.exists():
+            raise FileNotFoundError(f"COCO 2017 {task}/{split}: missing {path}")
+    return ann_file, image_dir
+
+
+def _check(ok, path, what):
+    if not ok:
+        raise ValueError(f"{path}: {what}")
+
+
+def load_coco(ann_file):
+    """Read and validate a COCO annotation JSON -> pycocotools COCO.
+
+    Required: images (id, file_name, width, height), categories (id, name), annotations
+    (id, image_id, category_id, bbox of 4 numbers) pointing to known images and categories,
+    keypoints of length 3K where the category names K keypoints (required on non-crowd
+    annotations of such a category). Filled in when absent, as COCOeval needs them:
+    iscrowd 0, area w * h, num_keypoints = number of joints with v > 0.
+    """
+    path = Path(ann_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    _check(isinstance(data, dict), path, "top level must be a JSON object")
+    for key in ("images", "annotations", "categories"):
+        _check(isinstance(data.get(key), list), path, f"missing list '{key}'")
+    for kind, keys in (("images", ("id", "file_name", "width", "height")),
+                       ("categories", ("id", "name")),
+                       ("annotations", ("id", "image_id", "category_id", "bbox"))):
+        for i, rec in enumerate(data[kind]):
+            missing = [k for k in keys if not isinstance(rec, dict) or k not in rec]
+            _check(not missing, path, f"{kind}[{i}] is missing {missing}")
+    images = {im["id"] for im in data["images"]}
+    _check(len(images) == len(data["images"]), path, "duplicate image ids")
+    num_kpts = {c["id"]: len(c.get("keypoints") or []) for c in data["categories"]}
+    _check(len(num_kpts) == len(data["categories"]), path, "duplicate category ids")
+    for a in data["annotations"]:
+        where = f"annotation id {a['id']}"
+        _check(a["image_id"] in images, path, f"{where} points to unknown image id {a['image_id']}")
+        _check(a["category_id"] in num_kpts, path,
+               f"{where} points to unknown category id {a['category_id']}")
+        _check(isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(isinstance(v, (int, float)) for v in a["bbox"]),
+               path, f"{where}: bbox must be 4 numbers [x, y, w, h], got {a['bbox']}")
+        K = num_kpts[a["category_id"]]
+        if K and (a.get("keypoints") is not None or not a.get("iscrowd", 0)):
+            kp = a.get("keypoints")
+            _check(kp is not None and len(kp) == 3 * K, path,
+                   f"{where}: keypoints must have 3 * {K} numbers (the category's keypoint "
+                   f"names), got {None if kp is None else len(kp)}")
+            a.setdefault("num_keypoints", int(sum(v > 0 for v in kp[2::3])))
+        a.setdefault("iscrowd", 0)
+        a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints "creating index..."
+        coco.createIndex()
+    return coco
+
+
+def flip_index(keypoint_names):
+    """Each joint's mirror joint: left_X <-> right_X (also 'l_'/'r_' prefixes); others map
+    to themselves. Returns a list of K ints, an involution (flip twice = identity)."""
+    index = {name: i for i, name in enumerate(keypoint_names)}
+    out = []
+    for i, name in enumerate(keypoint_names):
+        mirror = name
+        for a, b in (("left_", "right_"), ("right_", "left_"), ("l_", "r_"), ("r_", "l_")):
+            if name.startswith(a) and b + name[len(a):] in index:
+                mirror = b + name[len(a):]
+                break
+        out.append(index[mirror])
+    return out
+
+
+# ----------------------------------------------------------------------------- targets
+def gaussian_radius(h, w, min_overlap=0.7, cornernet_quirk=True):
+    """CornerNet's radius r: a box whose corners move by up to r keeps IoU >= min_overlap
+    with the ground truth (h, w in output pixels). Each of three cases (box shifted,
+    prediction inside, prediction around the box) gives a r^2 - b r + c = 0, and the exact
+    radius is the smallest positive root over the cases. CornerNet (and the official code)
+    takes (b + sqrt(b^2 - 4ac)) / 2 for all three: the larger root in the first two cases
+    and / 2 instead of / 2a, so its minimum is always the third case, 4 * min_overlap (2.8)
+    times that case's exact root. cornernet_quirk=True (default) keeps the official value."""
+    o = min_overlap
+    cases = ((1, h + w, w * h * (1 - o) / (1 + o)),          # shifted box
+             (4, 2 * (h + w), (1 - o) * w * h),              # prediction inside the box
+             (4 * o, -2 * o * (h + w), (o - 1) * w * h))     # prediction around the box
+    sq = [math.sqrt(b * b - 4 * a * c) for a, b, c in cases]
+    if cornernet_quirk:
+        return min((b + s) / 2 for (a, b, c), s in zip(cases, sq))
+    (a1, b1, _), (a2, b2, _), (a3, b3, _) = cases
+    return min((b1 - sq[0]) / (2 * a1), (b2 - sq[1]) / (2 * a2), (b3 + sq[2]) / (2 * a3))
+
+
+def draw_gaussian(heatmap, center, radius):
+    """Splat exp(-d^2 / (2 sigma^2)), sigma = (2r + 1) / 6, into heatmap (H, W) in place by
+    element-wise max, centred on the integer cell center = (x, y), clipped to the map.
+    Values below eps * peak are zeroed, as CenterNet does. Returns heatmap."""
+    x, y, r = int(center[0]), int(center[1]), int(radius)
+    H, W = heatmap.shape
+    d = np.arange(-r, r + 1, dtype=np.float64)
+    sigma = (2 * r + 1) / 6
+    g = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * sigma * sigma))  # (2r+1, 2r+1)
+    g[g < np.finfo(np.float64).eps * g.max()] = 0
+    left, right, top, bottom = min(x, r), min(W - x, r + 1), min(y, r), min(H - y, r + 1)
+    window = heatmap[y - top:y + bottom, x - left:x + right]
+    np.maximum(window, g[r - top:r + bottom, r - left:r + right], out=window)
+    return heatmap
+
+
+def render_targets(boxes, classes, num_classes, out_size, max_objs, keypoints=None,
+                   min_overlap=0.7):
+    """Ground truth in output-map pixels -> the target dict of mdn_dense.py (numpy arrays).
+
+    boxes (n, 4) x1 y1 x2 y2, classes (n,) contiguous ids, keypoints (n, K, 3) x y v or
+    None (detection); out_size H = W. Boxes are clipped to the map; degenerate ones (w or
+    h <= 0) are skipped; at most max_objs objects (N) are kept, in the given order.
+    Returns hm (C, H, W), ind (N,) int64, mask (N,), reg (N, 2), wh (N, 2) and, with
+    keypoints, hps (N, 2K), hps_mask (N, 2K), hm_hp (K, H, W), hp_ind (N*K,) int64,
+    hp_mask (N*K,), hp_offset (N*K, 2); float32 unless said. A joint is a target when
+    v > 0 and it lies inside the map.
+    """
+    H = W = int(out_size)
+    N = max_objs
+    t = dict(hm=np.zeros((num_classes, H, W), np.float32), ind=np.zeros(N, np.int64),
+             mask=np.zeros(N, np.float32), reg=np.zeros((N, 2), np.float32),
+             wh=np.zeros((N, 2), np.float32))
+    if keypoints is not None:
+        K = keypoints.shape[1]
+        t.update(hps=np.zeros((N, 2 * K), np.float32), hps_mask=np.zeros((N, 2 * K), np.float32),
+                 hm_hp=np.zeros((K, H, W), np.float32), hp_ind=np.zeros(N * K, np.int64),
+                 hp_mask=np.zeros(N * K, np.float32), hp_offset=np.zeros((N * K, 2), np.float32))
+    boxes = np.clip(np.asarray(boxes, np.float64).reshape(-1, 4), 0, [W, H, W, H])
+    k = 0
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        w, h = x2 - x1, y2 - y1
+        if k == N:
+            break
+        if w <= 0 or h <= 0:
+            continue
+        radius = max(0, int(gaussian_radius(math.ceil(h), math.ceil(w), min_overlap)))
+        ct = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
+        cx, cy = min(int(ct[0]), W - 1), min(int(ct[1]), H - 1)   # floor (ct >= 0)
+        draw_gaussian(t["hm"][classes[i]], (cx, cy), radius)
+        t["ind"][k], t["mask"][k] = cy * W + cx, 1
+        t["reg"][k], t["wh"][k] = ct - (cx, cy), (w, h)
+        if keypoints is not None:
+            for j, (px, py, v) in enumerate(keypoints[i]):
+                if v > 0 and 0 <= px < W and 0 <= py < H:
+                    jx, jy = int(px), int(py)
+                    t["hps"][k, 2 * j:2 * j + 2] = px - cx, py - cy   # from the integer centre
+                    t["hps_mask"][k, 2 * j:2 * j + 2] = 1
+                    t["hp_ind"][k * K + j], t["hp_mask"][k * K + j] = jy * W + jx, 1
+                    t["hp_offset"][k * K + j] = px - jx, py - jy
+                    draw_gaussian(t["hm_hp"][j], (jx, jy), radius)   # the person's radius
+        k += 1
+    return t
+
+
+# ----------------------------------------------------------------------------- geometry
+def affine_matrix(center, scale, size, flip=False):
+    """(2, 3) map from image to input coordinates: the square of side `scale` around
+    `center` (image pixels) fills the size x size input; flip mirrors it (x -> size - x)."""
+    k = size / scale
+    A = np.array([[k, 0.0, size / 2 - k * center[0]], [0.0, k, size / 2 - k * center[1]]])
+    if flip:
+        A[0] = -A[0]
+        A[0, 2] += size
+    return A
+
+
+def invert_affine(A):
+    """(2, 3) affine -> its inverse (2, 3)."""
+    L = np.linalg.inv(A[:, :2])
+    return np.concatenate([L, -L @ A[:, 2:]], axis=1)
+
+
+def apply_affine(points, A):
+    """points (..., 2) -> A applied, (..., 2); A (2, 3)."""
+    points = np.asarray(points, np.float64)
+    return points @ A[:, :2].T + A[:, 2]
+
+
+def _border(size, border=128):
+    """CenterNet's margin for random centres: 128 px, halved until it fits the image."""
+    i = 1
+    while size - border // i <= border // i:
+        i *= 2
+    return border // i
+
+
+def color_matrix(channel_mean=None, rng=None, jitter=0.4, lighting=0.1):
+    """Colour jitter, PCA lighting and normalisation as one affine map of an RGB pixel.
+
+    Returns P (3, 3), q (3,) float32 so that P @ x + q, for a raw pixel x in 0..255, is the
+    normalised input. rng None: normalisation only. With rng (and channel_mean (3,), the
+    mean raw RGB of the warped image), the official color_aug: brightness, contrast and
+    saturation (factors 1 + U(-jitter, jitter)) in random order, then lighting
+    eigvec @ (eigval * N(0, lighting)). Every step is affine in the pixel (saturation mixes
+    in the grey of the un-jittered image, contrast its mean grey), so they compose into one
+    matrix. Draws: rng.permutation(3), one uniform per step in that order, then 3 normals.
+    """
+    P, q = np.eye(3) / 255, np.zeros(3)                   # x / 255 first, as the official
+    if rng is not None:
+        gray = GRAY_RGB.astype(np.float64) / 255          # grey of the un-jittered pixel
+        gray_mean = float(gray @ channel_mean)
+        for op in rng.permutation(3):                     # 0 brightness, 1 contrast, 2 saturation
+            a = 1 + rng.uniform(-jitter, jitter)
+            P, q = a * P, a * q
+            if op == 1:
+                q = q + (1 - a) * gray_mean
+            elif op == 2:
+                P = P + (1 - a) * np.outer(np.ones(3), gray)
+        q = q + EIG_VEC_RGB @ (EIG_VAL * rng.normal(0, lighting, 3))
+    P, q = P / STD_RGB[:, None], (q - MEAN_RGB) / STD_RGB
+    return P.astype(np.float32), q.astype(np.float32)
+
+
+def to_input(image, rng=None):
+    """PIL RGB image (S, S) -> normalised float32 tensor (3, S, S), colour-jittered when rng."""
+    w, h = image.size
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).reshape(3, -1).float()  # (3, S*S)
+    P, q = color_matrix(x.mean(1).double().numpy() if rng is not None else None, rng)
+    return torch.addmm(torch.from_numpy(q)[:, None], torch.from_numpy(P), x).view(3, h, w)
+
+
+# ----------------------------------------------------------------------------- dataset
+class BadImageError(OSError):
+    """A missing or unreadable image; the message names the file and the image id."""
+
+
+class CocoDataset(torch.utils.data.Dataset):
+    """A COCO-format split for task "det" (all categories, contiguous class ids) or "pose"
+    (the one category that names keypoints; training keeps images with a non-crowd person).
+
+    Each item: input (3, S, S) float32; the render_targets dict as tensors (C = num_classes,
+    H = W = S / 4, N = max_objs); image_id int; out2img (2, 3) float64 mapping output-map
+    coordinates back to original image pixels. train=True augments (random scale from
+    `scales`, random centre, flip with probability flip_prob, colour); train=False is the
+    deterministic letterbox: centre of the image, scale max(h, w), fixed size S.
+    skip_bad_images=True replaces an unreadable image by the next readable one with a
+    counted warning (evaluation should deduplicate image ids); otherwise it raises.
+    """
+
+    def __init__(self, ann_file, image_dir, task, train=False, input_size=512, max_objs=None,
+                 scales=TRAIN_SCALES, random_center=True, flip_prob=0.5, color_aug=True,
+                 min_overlap=0.7, skip_bad_images=False):
+        if task not in ("det", "pose"):
+            raise ValueError(f"task must be 'det' or 'pose', got {task!r}")
+        if input_size % STRIDE:
+            raise ValueError(f"input_size must be a multiple of {STRIDE}, got {input_size}")
+        self.ann_file, self.image_dir, self.task, self.train = ann_file, Path(image_dir), task, train
+        self.input_size, self.out_size = input_size, input_size // STRIDE
+        self.max_objs = max_objs or MAX_OBJS[task]
+        self.scales, self.random_center, self.flip_prob = scales, random_center, flip_prob
+        self.color_aug, self.min_overlap, self.skip_bad_images = color_aug, min_overlap, skip_bad_images
+        self.num_bad_images = 0
+        self.coco = coco = load_coco(ann_file)
+        cats = sorted(coco.cats.values(), key=lambda c: c["id"])
+        if task == "pose":
+            cats = [c for c in cats if c.get("keypoints")]
+            if len(cats) != 1:
+                raise ValueError(f"{ann_file}: pose needs exactly one category with keypoint "
+                                 f"names, found {len(cats)}")
+            self.keypoint_names = list(cats[0]["keypoints"])
+            self.flip_idx = flip_index(self.keypoint_names)
+        self.num_joints = len(self.keypoint_names) if task == "pose" else 0
+        self.cat_ids = [c["id"] for c in cats]                 # class id -> COCO category id
+        self.cat_to_class = {c: i for i, c in enumerate(self.cat_ids)}
+        self.num_classes = len(self.cat_ids)
+        self.image_ids = sorted(coco.imgs)
+        if task == "pose" and train:
+            self.image_ids = [i for i in self.image_ids if self._annotations(i)]
+
+    def __len__(self):
+        return len(self.image_ids)
+
+    def _annotations(self, img_id):
+        return [a for a in self.coco.imgToAnns.get(img_id, [])
+                if a["category_id"] in self.cat_to_class and not a["iscrowd"]]
+
+    def load_image(self, img_id):
+        """The image as PIL RGB (grayscale, palette, RGBA, CMYK become RGB)."""
+        info = self.coco.imgs[img_id]
+        path = self.image_dir / info["file_name"]
+        try:
+            with Image.open(path) as im:
+                image = im.convert("RGB")
+        except FileNotFoundError:
+            raise BadImageError(f"image id {img_id}: file not found: {path}") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise BadImageError(f"image id {img_id}: cannot read {path}: {e}") from e
+        if image.size != (info["width"], info["height"]):
+            raise BadImageError(f"image id {img_id}: {path} is {image.size[0]}x{image.size[1]}, "
+                                f"the annotations say {info['width']}x{info['height']}")
+        return image
+
+    def __getitem__(self, index):
+        # A fresh generator per sample, seeded from torch's RNG (per-worker seeds in a
+        # DataLoader, torch.manual_seed in the main process).
+        rng = np.random.default_rng(int(torch.randint(2 ** 62, ()))) if self.train else None
+        for attempt in range(len(self)):
+            try:
+                return self.sample((index + attempt) % len(self), rng)
+            except BadImageError as e:
+                if not self.skip_bad_images:
+                    raise
+                self.num_bad_images += 1
+                warnings.warn(f"skipped a bad image ({self.num_bad_images} in this process): {e}")
+        raise BadImageError(f"no readable image in {self.image_dir}")
+
+    def sample(self, index, rng=None):
+        """Item `index`: augmented with rng (np.random.Generator), the deterministic
+        validation transform without."""
+        img_id = self.image_ids[index]
+        image = self.load_image(img_id)
+        w, h = image.size
+        S = self.input_size
+        center, scale, flip = np.array([w / 2, h / 2]), float(max(w, h)), False
+        if rng is not None:
+            scale *= rng.choice(self.scales)
+            if self.random_center:
+                bx, by = _border(w), _border(h)
+                center = np.array([rng.integers(bx, w - bx), rng.integers(by, h - by)], float)
+            flip = rng.random() < self.flip_prob
+        img2in = affine_matrix(center, scale, S, flip)            # (2, 3)
+        # PIL maps every output pixel back through in2img (continuous coordinates).
+        warped = image.transform((S, S), Image.AFFINE, tuple(invert_affine(img2in).ravel()),
+                                 resample=Image.BILINEAR)
+        inp = to_input(warped, rng if self.color_aug else None)   # (3, S, S)
+        img2out = img2in / STRIDE
+        anns = self._annotations(img_id)
+        boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+        corners = apply_affine(np.stack([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1), img2out)
+        boxes = np.concatenate([corners.min(1), corners.max(1)], 1)  # (n, 4) x1 y1 x2 y2
+        classes = [self.cat_to_class[a["category_id"]] for a in anns]
+        keypoints = None
+        if self.task == "pose":
+            K = self.num_joints
+            keypoints = np.array([a["keypoints"] for a in anns], np.float64).reshape(-1, K, 3)
+            keypoints[..., :2] = apply_affine(keypoints[..., :2], img2out)
+            if flip:   # the mirrored person's left joints are the original right ones
+                keypoints = keypoints[:, self.flip_idx]
+        targets = render_targets(boxes, classes, self.num_classes, self.out_size, self.max_objs,
+                                 keypoints, self.min_overlap)
+        return dict(input=inp, **{k: torch.from_numpy(v) for k, v in targets.items()},
+                    image_id=int(img_id), out2img=torch.from_numpy(invert_affine(img2out)))
