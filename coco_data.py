@@ -28,26 +28,24 @@ Where this differs from the official code (CenterNet / MixtureDenseRegression):
   the Gaussian splat then overwrites with 1.
 - max_objs counts the objects kept (crowd and degenerate boxes skipped); the official
   truncates the raw annotation list first.
-- The pose training set keeps images with at least one non-crowd person (the official:
-  any annotation, crowd included).
+- Pose training keeps images with a non-crowd person (the official: any annotation).
 - gaussian_radius keeps CornerNet's formula by default (see its docstring: the quirk makes
   radii 2.8x the exact third-case root), so heatmaps match the official ones;
   cornernet_quirk=False gives the exact radius.
-- Colour jitter is one per-pixel 3x3 matrix (the official applies brightness, contrast and
-  saturation one by one in random order; their composition is the same affine map of the
-  pixel, see color_matrix). Train scales are the official discrete choice 0.6, ..., 1.3.
+- Colour jitter is one per-pixel 3x3 matrix, the composition of the official steps (see
+  color_matrix). Train scales are the official discrete choice 0.6, 0.7, ..., 1.3.
 - Validation is a fixed-size letterbox (the official default, fix_res): the image centre,
   scale max(h, w), an S x S input; the sample carries out2img to map predictions back.
 - Random streams: the official dataset holds one np.random.RandomState(123) that every
-  data-loader worker copies (identical augmentations across workers) and shuffles the
-  colour operations with Python's unseeded `random`. Here each training sample draws a
-  fresh np.random.Generator seeded from torch's RNG, which PyTorch seeds differently in each
-  worker (base_seed + worker_id, a new base_seed every epoch): no worker_init_fn is needed,
-  and torch.manual_seed(s) with num_workers=0 makes every sample reproducible.
+  data-loader worker copies (identical augmentations across workers). Here each training
+  sample draws a fresh np.random.Generator seeded from torch's RNG, which PyTorch seeds per
+  worker (base_seed + worker_id, new every epoch): no worker_init_fn needed, and
+  torch.manual_seed(s) with num_workers=0 makes every sample reproducible.
 - Bad input raises errors naming the file (and image id); skip_bad_images=True instead
   replaces an unreadable image by the next one, with a counted warning.
 """
 import contextlib
+import functools
 import io
 import json
 import math
@@ -178,16 +176,23 @@ def gaussian_radius(h, w, min_overlap=0.7, cornernet_quirk=True):
     return min((b1 - sq[0]) / (2 * a1), (b2 - sq[1]) / (2 * a2), (b3 + sq[2]) / (2 * a3))
 
 
+@functools.lru_cache(maxsize=None)
+def _gaussian_kernel(r):
+    d = np.arange(-r, r + 1, dtype=np.float64)
+    sigma = (2 * r + 1) / 6
+    g = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * sigma * sigma))  # (2r+1, 2r+1)
+    g[g < np.finfo(np.float64).eps * g.max()] = 0
+    g.flags.writeable = False                    # cached and shared: never modified
+    return g
+
+
 def draw_gaussian(heatmap, center, radius):
     """Splat exp(-d^2 / (2 sigma^2)), sigma = (2r + 1) / 6, into heatmap (H, W) in place by
     element-wise max, centred on the integer cell center = (x, y), clipped to the map.
     Values below eps * peak are zeroed, as CenterNet does. Returns heatmap."""
     x, y, r = int(center[0]), int(center[1]), int(radius)
     H, W = heatmap.shape
-    d = np.arange(-r, r + 1, dtype=np.float64)
-    sigma = (2 * r + 1) / 6
-    g = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * sigma * sigma))  # (2r+1, 2r+1)
-    g[g < np.finfo(np.float64).eps * g.max()] = 0
+    g = _gaussian_kernel(r)
     left, right, top, bottom = min(x, r), min(W - x, r + 1), min(y, r), min(H - y, r + 1)
     window = heatmap[y - top:y + bottom, x - left:x + right]
     np.maximum(window, g[r - top:r + bottom, r - left:r + right], out=window)
@@ -265,6 +270,23 @@ def apply_affine(points, A):
     """points (..., 2) -> A applied, (..., 2); A (2, 3)."""
     points = np.asarray(points, np.float64)
     return points @ A[:, :2].T + A[:, 2]
+
+
+def warp_image(image, img2in, size):
+    """PIL RGB image -> the size x size input under the affine img2in (2, 3): bilinear
+    sampling in continuous coordinates, black outside the image. Only the rectangle the
+    image lands in is resampled (letterbox bars and shifted crops stay black for free)."""
+    w, h = image.size
+    corners = apply_affine([[0, 0], [w, h]], img2in)                   # (2, 2), maybe mirrored
+    x0, y0 = np.clip(np.floor(corners.min(0)) - 1, 0, size).astype(int)   # 1 px margin: PIL
+    x1, y1 = np.clip(np.ceil(corners.max(0)) + 1, 0, size).astype(int)   # decides the edges
+    out = Image.new("RGB", (size, size))
+    if x1 > x0 and y1 > y0:
+        A = invert_affine(img2in)                                      # input -> image
+        A[:, 2] += A[:, :2] @ (x0, y0)                                 # from the rectangle's origin
+        out.paste(image.transform((int(x1 - x0), int(y1 - y0)), Image.AFFINE, tuple(A.ravel()),
+                                  resample=Image.BILINEAR), (int(x0), int(y0)))
+    return out
 
 
 def _border(size, border=128):
@@ -350,7 +372,9 @@ class CocoDataset(torch.utils.data.Dataset):
                                  f"names, found {len(cats)}")
             self.keypoint_names = list(cats[0]["keypoints"])
             self.flip_idx = flip_index(self.keypoint_names)
-        self.num_joints = len(self.keypoint_names) if task == "pose" else 0
+        else:
+            self.keypoint_names, self.flip_idx = [], None
+        self.num_joints = len(self.keypoint_names)
         self.cat_ids = [c["id"] for c in cats]                 # class id -> COCO category id
         self.cat_to_class = {c: i for i, c in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
@@ -371,7 +395,8 @@ class CocoDataset(torch.utils.data.Dataset):
         path = self.image_dir / info["file_name"]
         try:
             with Image.open(path) as im:
-                image = im.convert("RGB")
+                im.load()                                  # decode now, inside the try
+                image = im if im.mode == "RGB" else im.convert("RGB")
         except FileNotFoundError:
             raise BadImageError(f"image id {img_id}: file not found: {path}") from None
         except (OSError, ValueError, Image.DecompressionBombError) as e:
@@ -410,10 +435,7 @@ class CocoDataset(torch.utils.data.Dataset):
                 center = np.array([rng.integers(bx, w - bx), rng.integers(by, h - by)], float)
             flip = rng.random() < self.flip_prob
         img2in = affine_matrix(center, scale, S, flip)            # (2, 3)
-        # PIL maps every output pixel back through in2img (continuous coordinates).
-        warped = image.transform((S, S), Image.AFFINE, tuple(invert_affine(img2in).ravel()),
-                                 resample=Image.BILINEAR)
-        inp = to_input(warped, rng if self.color_aug else None)   # (3, S, S)
+        inp = to_input(warp_image(image, img2in, S), rng if self.color_aug else None)  # (3, S, S)
         img2out = img2in / STRIDE
         anns = self._annotations(img_id)
         boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)

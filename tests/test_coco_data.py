@@ -197,6 +197,17 @@ def test_pil_warp_agrees_with_target_coordinates():
     assert np.abs(centroid - cd.apply_affine([81.5, 37.5], A)).max() < 0.05
 
 
+def test_warp_image_equals_full_pil_transform():
+    """Resampling only the image's rectangle changes no pixel (crops, letterbox, mirror)."""
+    rng = np.random.default_rng(2)
+    img = Image.fromarray(rng.integers(0, 256, (70, 100, 3), dtype=np.uint8))
+    for t in range(12):
+        A = cd.affine_matrix(rng.uniform(-20, 120, 2), rng.uniform(30, 160), 96, bool(t % 2))
+        full = img.transform((96, 96), Image.AFFINE, tuple(cd.invert_affine(A).ravel()),
+                             resample=Image.BILINEAR)
+        assert np.array_equal(np.asarray(cd.warp_image(img, A, 96)), np.asarray(full))
+
+
 def test_color_matrix_equals_sequential_official_jitter():
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (50, 3)).astype(np.float64)               # raw RGB pixels
@@ -314,6 +325,10 @@ def test_flip_keeps_left_wrist_left(tmp_path):
     fcx = flipped["ind"][0] % W
     rw_x = cx + val["hps"][0, 2 * RW]                                  # right wrist, output px
     assert flipped["hps"][0, 2 * LW] == pytest.approx(float(W - rw_x - fcx), abs=1e-5)
+    # the mirror rule a flip test must use: cell cx -> W - 1 - cx, x offset o -> 1 - o
+    assert fcx == W - 1 - cx
+    assert flipped["hps"][0, 2 * LW] == pytest.approx(1 - float(val["hps"][0, 2 * RW]), abs=1e-5)
+    assert flipped["hps"][0, 2 * LW + 1] == pytest.approx(float(val["hps"][0, 2 * RW + 1]), abs=1e-5)
     # out2img undoes the mirror: the flipped sample's left wrist is the original right wrist
     lw = torch.stack([fcx + flipped["hps"][0, 2 * LW],
                       flipped["ind"][0] // W + flipped["hps"][0, 2 * LW + 1]]).double().numpy()
