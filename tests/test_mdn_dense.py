@@ -231,7 +231,7 @@ def mirror(out, flip_idx):
     B, _, H, W = out["hps"].shape
     K = len(flip_idx)
     hps = f(out["hps"]).view(B, -1, K, 2, H, W)[:, :, flip_idx].clone()
-    hps[:, :, :, 0] *= -1
+    hps[:, :, :, 0] = 1 - hps[:, :, :, 0]  # offsets start at the cell corner: o -> 1 - o
     m["hps"] = hps.reshape(B, -1, H, W)
     m["hm_hp"] = f(out["hm_hp"])[:, flip_idx]
     return m
@@ -285,3 +285,22 @@ def test_mixture_loss_normalised_by_one_plus_objects():
     per_obj = md.mdn_nll(batch["wh"][0, :2], mu.flatten(3)[0, :, :, ind].permute(2, 0, 1),
                          sigma.flatten(3)[0, :, :, ind].permute(2, 0, 1), la.flatten(2)[0, :, ind].T)
     assert torch.allclose(md.mixture_loss(out, batch, "det", 2, 1.0), per_obj.sum() / 3)
+
+
+def test_max_filter_equals_max_pool():
+    x = torch.randn(2, 5, 9, 13)
+    x[0, 0, 3, 3] = x[0, 0, 3, 4]  # ties (plateaus) must behave like max_pool2d too
+    assert torch.equal(md.max_filter3x3(x), F.max_pool2d(x, 3, stride=1, padding=1))
+
+
+@pytest.mark.parametrize("task,m", [("det", 0), ("det", 3), ("pose", 2)])
+def test_mixture_at_equals_dense_maps_gathered(task, m):
+    g = torch.Generator().manual_seed(4)
+    out = {k: torch.randn(2, c, 6, 7, generator=g) for k, c in md.head_channels(task, m, 3, 4).items()}
+    ind = torch.randint(0, 42, (2, 5), generator=g)
+    mu, sigma, log_alpha = md.mixture_params(out, task, m, 1.0)       # (B, M, D, H, W) ...
+    mu_k, sigma_k, la_k = md.mixture_at(out, task, m, 1.0, ind)
+    B, M, D = mu.shape[:3]
+    assert torch.allclose(mu_k, md.gather_feat(mu.reshape(B, M * D, 6, 7), ind).view(B, 5, M, D))
+    assert torch.allclose(sigma_k, md.gather_feat(sigma.reshape(B, M * 2, 6, 7), ind).view(B, 5, M, 2))
+    assert torch.allclose(la_k, md.gather_feat(log_alpha, ind))

@@ -1,0 +1,207 @@
+"""Speed and memory of the pieces, printed as one table (README quotes it).
+
+    python bench.py                 # CPU rows at the demo size (128 px) + loader at 512
+    python bench.py --quick         # fewer iterations (a smoke check, numbers are noisy)
+    python bench.py --device cuda   # adds 512x512 bf16 rows for the paper's networks
+
+Rows: a training step (forward + backward + Adam) per architecture preset and rung of
+the --m ladder (the MDN_3 vs base overhead, target <= 5 %), NMS-free decoding per image,
+inference FPS, and data-loader images/s per worker (target >= 150 at 512 px). Each row
+runs in its own subprocess so that "peak MB" is that row's own peak (CPU: max RSS of the
+process; CUDA: torch.cuda.max_memory_allocated). Timings are the median of the measured
+iterations after warm-up; the machine line says where they came from.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import mdn_dense as md
+
+SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"
+
+
+def timed(fn, warmup, iters, cuda):
+    """Median seconds of fn() over iters calls after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def synthetic_batch(task, m, B, size, device, num_classes):
+    """Random targets with the shapes coco_data renders (timing only needs shapes)."""
+    H = size // 4
+    K, N = 17, 32 if task == "pose" else 128
+    g = torch.Generator().manual_seed(0)
+    batch = {"hm": torch.rand(B, num_classes, H, H, generator=g) * 0.9,
+             "ind": torch.randint(0, H * H, (B, N), generator=g),
+             "mask": (torch.rand(B, N, generator=g) < 0.1).float(),
+             "reg": torch.rand(B, N, 2, generator=g), "wh": torch.rand(B, N, 2, generator=g) * H / 2}
+    if task == "pose":
+        batch.update(hps=torch.randn(B, N, 2 * K, generator=g) * 5, hps_mask=torch.ones(B, N, 2 * K),
+                     hm_hp=torch.rand(B, K, H, H, generator=g) * 0.9,
+                     hp_ind=torch.randint(0, H * H, (B, N * K), generator=g),
+                     hp_mask=torch.ones(B, N * K), hp_offset=torch.rand(B, N * K, 2, generator=g))
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def row_train(arch, task, m, size, batch, device, warmup, iters):
+    from train import build_model
+    num_classes = 80 if task == "det" else 1
+    model = build_model(arch, md.head_channels(task, m, num_classes, 17)).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size, device=device)
+    if cuda:
+        x = x.to(memory_format=torch.channels_last)
+    targets = synthetic_batch(task, m, batch, size, device, num_classes)
+    floor = md.default_sigma_floor(task)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            outputs = model(x)
+        loss, _ = md.total_loss(outputs, targets, task, m, floor, kpt_scale=md.COCO_KPT_SCALE)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def forward():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            model(x)
+
+    model.train()
+    s_train = timed(step, warmup, iters, cuda)
+    model.eval()
+    s_fwd = timed(forward, warmup, iters, cuda)
+    return {"train ms/img": 1000 * s_train / batch, "fwd ms/img": 1000 * s_fwd / batch,
+            "FPS": batch / s_fwd}
+
+
+def row_decode(task, m, size, device, warmup, iters):
+    H = size // 4
+    num_classes = 80 if task == "det" else 1
+    g = torch.Generator().manual_seed(0)
+    out = {k: torch.randn(1, c, H, H, generator=g).to(device)
+           for k, c in md.head_channels(task, m, num_classes, 17).items()}
+    s = timed(lambda: md.decode(out, task, m, md.default_sigma_floor(task), k=100, refine=task == "pose"),
+              warmup, iters, device.type == "cuda")
+    return {"decode ms/img": 1000 * s}
+
+
+def row_loader(task, size, warmup, iters):
+    from coco_data import CocoDataset
+    ann = SAMPLE / "annotations" / ("person_keypoints_sample.json" if task == "pose" else "instances_sample.json")
+    if not ann.exists():
+        return {"note": f"skipped: {ann} not found"}
+    torch.set_num_threads(1)  # one worker = one process on one core
+    ds = CocoDataset(ann, SAMPLE / "images", task, train=True, input_size=size)
+    n = len(ds)
+    for i in range(warmup):
+        ds[i % n]
+    t = time.perf_counter()
+    for i in range(iters):
+        ds[i % n]
+    return {"loader img/s/worker": iters / (time.perf_counter() - t)}
+
+
+def run_row(spec):
+    """Run one row in this process; print its JSON."""
+    device = torch.device(spec["device"])
+    kind, w, it = spec["kind"], spec["warmup"], spec["iters"]
+    if kind == "train":
+        res = row_train(spec["arch"], spec["task"], spec["m"], spec["size"], spec["batch"], device, w, it)
+    elif kind == "decode":
+        res = row_decode(spec["task"], spec["m"], spec["size"], device, w, it)
+    else:
+        res = row_loader(spec["task"], spec["size"], w, 10 * it)
+    if device.type == "cuda":
+        res["peak MB"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        res["peak MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(res))
+
+
+def rows(args):
+    dev, q = args.device, args.quick
+    w, it = (1, 2) if q else (2, 5)
+    specs = []
+    for arch in ("small_dla", "small_hourglass"):
+        for task, m in (("pose", 0), ("pose", 3), ("det", 0), ("det", 3)):
+            specs.append(dict(kind="train", arch=arch, task=task, m=m, size=128, batch=32))
+    specs += [dict(kind="train", arch="dla34", task="det", m=3, size=128, batch=4),
+              dict(kind="train", arch="hourglass104", task="pose", m=3, size=128, batch=2)]
+    if dev == "cuda":
+        for arch, b in (("dla34", 32), ("hourglass104", 12)):
+            for task, m in (("det", 0), ("det", 3), ("pose", 0), ("pose", 3)):
+                specs.append(dict(kind="train", arch=arch, task=task, m=m, size=512, batch=b))
+    for task in ("det", "pose"):
+        specs.append(dict(kind="decode", task=task, m=3, size=512))
+        specs.append(dict(kind="loader", task=task, size=512, device="cpu"))
+    for s in specs:
+        s.setdefault("device", dev)
+        s.update(warmup=w, iters=it)
+    return specs
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (noisy; a smoke check)")
+    p.add_argument("--only", help="run only rows whose name contains this text (e.g. small_dla, loader)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row (JSON spec) and print its result
+    args = p.parse_args(argv)
+    if args.row:
+        return run_row(json.loads(args.row))
+    name = lambda s: " ".join(str(s[k]) for k in ("kind", "arch", "task", "m", "size", "batch", "device") if k in s)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          + (torch.cuda.get_device_name() if args.device == "cuda" else "CPU") + f", {torch.get_num_threads()} threads")
+    cols = ["train ms/img", "fwd ms/img", "FPS", "decode ms/img", "loader img/s/worker", "peak MB"]
+    print(f"{'row':<42}" + "".join(f"{c:>20}" for c in cols))
+    results = []
+    for spec in rows(args):
+        if args.only and args.only not in name(spec):
+            continue
+        proc = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            print(f"{name(spec):<42}  failed: {proc.stderr.strip().splitlines()[-1]}")
+            continue
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append({"row": name(spec), **res})
+        print(f"{name(spec):<42}" + "".join(f"{res[c]:>20.1f}" if c in res else f"{'':>20}" for c in cols)
+              + (f"  {res['note']}" if "note" in res else ""))
+    by_name = {r["row"]: r for r in results}
+    for arch in ("small_dla", "small_hourglass", "dla34", "hourglass104"):
+        for task in ("det", "pose"):
+            for size in (128, 512):
+                base = [r for n, r in by_name.items() if n.startswith(f"train {arch} {task} 0 {size} ")]
+                mdn = [r for n, r in by_name.items() if n.startswith(f"train {arch} {task} 3 {size} ")]
+                if base and mdn:
+                    over = 100 * (mdn[0]["train ms/img"] / base[0]["train ms/img"] - 1)
+                    print(f"MDN_3 vs base train-step overhead, {arch} {task} {size}px: {over:+.1f} %")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
