@@ -1,0 +1,331 @@
+"""evaluate.py, analysis.py and plots.py: oracle round trips (AP ~1 from ground truth rendered to
+targets, single- and multi-scale), the flip test against a mirrored oracle, soft-NMS, "no
+detections", the CLI flags, and every analysis against hand computations or ground-truth
+oracles (Pearson, ARI, purity, OKS matching, Table 6 displacement, latent-mode agreement)."""
+import contextlib
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+import analysis
+import evaluate
+import mdn_dense as md
+from coco_data import CocoDataset
+from synthetic_coco import make_dataset
+from train import build_model
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "coco_sample"   # ../shared next to the checkout
+SAMPLE_ANN = {"pose": "person_keypoints_sample.json", "det": "instances_sample.json"}
+MIN_ORACLE_AP = {"pose": 0.99, "det": 0.98}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions run ~100x slower with 2 OpenMP threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return {task: make_dataset(root, task, "val", 10) for task in ("det", "pose")}
+
+
+def oracle_ap(ann, images, task, out, *extra):
+    stats = evaluate.main(["--oracle", "--task", task, "--ann", str(ann), "--images", str(images),
+                           "--out", str(out), *extra])
+    return stats["All"][0]
+
+
+# ----------------------------------------------------------------------------- oracle round trips
+@pytest.mark.parametrize("task", ["det", "pose"])
+def test_oracle_synthetic(synthetic, task, tmp_path):
+    ap = oracle_ap(*synthetic[task], task, tmp_path, "--m", "2", "--input-size", "128")
+    assert ap >= MIN_ORACLE_AP[task]                           # measured: 1.000 for both
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"component", "alpha", "sigma", "center", "out_px"} <= set(results[0])
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason=f"real COCO sample not found at {SAMPLE}")
+@pytest.mark.parametrize("task", ["det", "pose"])
+def test_oracle_real_sample(task, tmp_path):
+    ap = oracle_ap(SAMPLE / "annotations" / SAMPLE_ANN[task], SAMPLE / "images", task, tmp_path, "--m", "1")
+    assert ap >= MIN_ORACLE_AP[task]                           # measured: det 0.995, pose 1.000
+
+
+@pytest.mark.parametrize("task", ["det", "pose"])
+def test_multiscale_oracle_merges_duplicates(synthetic, task, tmp_path):
+    """Every scale finds every object: soft-NMS must decay the copies below the originals,
+    so AP stays ~1, and the copies are still there with lower scores (soft, not hard)."""
+    ap = oracle_ap(*synthetic[task], task, tmp_path, "--m", "1", "--input-size", "128", "--scales", "0.75", "1.5")
+    assert ap >= MIN_ORACLE_AP[task]
+    scores = np.array([r["score"] for r in json.loads((tmp_path / "results.json").read_text())])
+    assert (scores > 0.9).any() and ((scores > 0.05) & (scores < 0.5)).any()
+
+
+def mirrored_oracles(ann, images, task, m):
+    """Oracle outputs of a batch and of its mirror image (the dataset's own flip augmentation)."""
+    plain = CocoDataset(ann, images, task, input_size=128)
+    mirror = CocoDataset(ann, images, task, train=True, input_size=128, scales=(1.0,), random_center=False,
+                         flip_prob=1.0, color_aug=False)
+    collate = torch.utils.data.default_collate
+    b, bf = collate([plain[i] for i in range(6)]), collate([mirror[i] for i in range(6)])
+    assert torch.allclose(torch.flip(b["input"], dims=[3]), bf["input"])
+    out = evaluate.oracle_outputs(b, task, m, plain.num_classes, plain.num_joints)
+    out_f = evaluate.oracle_outputs(bf, task, m, plain.num_classes, plain.num_joints)
+    merged = md.flip_merge(out, out_f, task, m, getattr(plain, "flip_idx", None))
+    # Objects whose centre sits exactly on a cell border peak one cell apart in the mirror
+    # (a property of the oracle's one-cell peaks, not of a smooth network): leave them out.
+    ok = (b["mask"] > 0) & (b["reg"][..., 0] > 1e-6)
+    return b, out, merged, ok
+
+
+def test_flip_merge_detection_matches_mirrored_oracle(synthetic):
+    b, out, merged, ok = mirrored_oracles(*synthetic["det"], "det", 2)
+    assert ok.sum() >= 5
+    wh, wh_flip = (md.gather_feat(o["wh"], b["ind"])[ok] for o in (out, merged))
+    assert torch.allclose(wh, wh_flip, atol=1e-5)
+    heat = md.gather_feat(torch.sigmoid(merged["hm"]), b["ind"])[ok].max(-1).values
+    assert (heat > 0.99).all()                                 # both views peak at the same cell
+
+
+def test_flip_merge_pose_offsets_match_mirrored_oracle(synthetic):
+    """The mirror's cell c' is cell W - 1 - c' here, so a mirrored x offset o' means 1 - o'
+    (negating it alone, as the official code does, is 0.5 output pixels off)."""
+    b, out, merged, ok = mirrored_oracles(*synthetic["pose"], "pose", 2)
+    visible = ok[..., None] & (b["hps_mask"] > 0)
+    hps, hps_flip = (md.gather_feat(o["hps"][:, :b["hps"].shape[-1]], b["ind"])[visible] for o in (out, merged))
+    assert visible.sum() >= 20
+    assert torch.allclose(hps, hps_flip, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- soft-NMS
+def test_soft_nms_decays_overlaps_and_keeps_far_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], float)   # IoU(0, 1) = 9 / 11
+    iou = 9 / 11
+    keep, scores = evaluate.soft_nms(boxes, [0.9, 0.8, 0.7], "gaussian", sigma=0.5)
+    assert keep.tolist() == [0, 2, 1]
+    assert scores == pytest.approx([0.9, 0.7, 0.8 * np.exp(-iou ** 2 / 0.5)])
+    keep, scores = evaluate.soft_nms(boxes, [0.9, 0.8, 0.7], "linear", iou_thresh=0.5)
+    assert scores == pytest.approx([0.9, 0.7, 0.8 * (1 - iou)])
+    keep, _ = evaluate.soft_nms(boxes, [0.9, 0.8, 0.7], "linear", min_score=0.2)  # 0.8 * (2 / 11) < 0.2
+    assert keep.tolist() == [0, 2]
+    assert len(evaluate.soft_nms(np.zeros((0, 4)), [])[0]) == 0
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def fake_checkpoint(path, task, num_classes, hm_bias, m=2):
+    """An untrained small_dla saved as train.py does; the heatmap head outputs hm_bias
+    everywhere plus (when the weights are kept) the untrained response."""
+    num_joints = 17 if task == "pose" else 0
+    torch.manual_seed(0)
+    model = build_model("small_dla", md.head_channels(task, m, num_classes, num_joints or 17))
+    last = model.heads["hm"][-1]
+    torch.nn.init.constant_(last.bias, hm_bias)
+    if hm_bias < -50:
+        torch.nn.init.zeros_(last.weight)
+    cfg = dict(task=task, m=m, arch="small_dla", sigma_floor=md.default_sigma_floor(task), input_size=64,
+               num_classes=num_classes, num_joints=num_joints)
+    torch.save({"model": model.state_dict(), "config": cfg}, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("task", ["det", "pose"])
+def test_no_detections_gives_zeros_and_message(synthetic, task, tmp_path, capsys):
+    """A heatmap of -200 underflows to probability 0 everywhere: nothing is detected."""
+    ckpt = fake_checkpoint(tmp_path / "ckpt.pt", task, 5 if task == "det" else 1, hm_bias=-200.0)
+    ann, images = synthetic[task]
+    stats = evaluate.main(["--checkpoint", ckpt, "--ann", ann, "--images", images, "--out", str(tmp_path),
+                           "--analysis", "--max-images", "4"])
+    assert all(np.all(s == 0) for s in stats.values())
+    out = capsys.readouterr().out
+    assert "no detections: every metric is 0" in out and "no detections: the analyses are empty" in out
+    assert json.loads((tmp_path / "results.json").read_text()) == []
+    coco = CocoDataset(ann, images, task).coco
+    names = coco.loadCats(1)[0].get("keypoints")
+    found = analysis.run_all([], coco, task, names)            # the functions alone, no files
+    if task == "det":
+        assert found["fig2"]["matched"] == 0 and np.isnan(found["fig2"]["pearson_scale"])
+    else:
+        assert found["table4"] == [] and found["table5_6_0.5"]["matched"] == 0
+        assert all(ap == 0 for ap in found["table6"]["Model"].values())
+        assert found["table6"]["GT Disp. 1"]["All"] > 0.5       # the reference rows need no detections
+    assert all(r["pairs"] == 0 for r in found["latent"].values())
+
+
+@pytest.mark.parametrize("task", ["det", "pose"])
+def test_cli_flags_and_every_analysis_on_an_untrained_network(synthetic, task, tmp_path, capsys):
+    """An untrained network with a high heatmap bias fires everywhere: every table and
+    figure is computed from real decoder output (flip, two scales, mean rule, FPS)."""
+    ckpt = fake_checkpoint(tmp_path / "ckpt.pt", task, 5 if task == "det" else 1, hm_bias=3.0)
+    ann, images = synthetic[task]
+    evaluate.main(["--checkpoint", ckpt, "--ann", ann, "--images", images, "--out", str(tmp_path), "--max-images", "3",
+                   "--flip", "--scales", "1", "1.5", "--component", "mean", "--fps", "2", "--analysis",
+                   "--examples", "2"] + (["--refine"] if task == "pose" else []))
+    out = capsys.readouterr().out
+    fps = float(out.split("FPS ")[1].split()[0])
+    assert fps > 0
+    assert "scales [64, 96] px" in out                          # 64 * 1.5 rounded to DLA's multiple 32
+    assert (tmp_path / "fig5_examples.png").stat().st_size > 0
+    assert (tmp_path / "fig2_scale.png").exists() == (task == "det")
+    text = (tmp_path / "analysis.txt").read_text()
+    assert ("Fig. 2" in text) if task == "det" else all(t in text for t in ("Table 4", "Table 5", "Table 6"))
+    with pytest.raises(SystemExit):
+        evaluate.main(["--checkpoint", ckpt, "--ann", ann, "--images", images, "--component", "3"])
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_pearson_ari_purity_by_hand():
+    # x - mean = (-1.5, -.5, .5, 1.5), y - mean = (-3, -1, 0, 4): r = 11 / sqrt(5 * 26)
+    assert analysis.pearson([1, 2, 3, 4], [2, 4, 5, 9]) == pytest.approx(11 / np.sqrt(130))
+    assert analysis.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
+    assert np.isnan(analysis.pearson([1, 1, 1], [1, 2, 3])) and np.isnan(analysis.pearson([1], [2]))
+    # contingency [[2, 1, 0], [0, 1, 2]]: index 2, row pairs 3 + 3, column pairs 1 + 0 + 1 = ...
+    a, b = [0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2]
+    # index = C(2,2) + C(2,2) = 2; sum_a = 2 C(3,2) = 6; sum_b = 3 C(2,2) = 3; pairs C(6,2) = 15
+    # expected = 6 * 3 / 15 = 1.2; max = (6 + 3) / 2 = 4.5; ARI = 0.8 / 3.3
+    assert analysis.adjusted_rand_index(a, b) == pytest.approx(0.8 / 3.3)
+    assert analysis.adjusted_rand_index(b, a) == pytest.approx(0.8 / 3.3)
+    assert analysis.adjusted_rand_index([0, 0, 1, 1], ["x", "x", "y", "y"]) == 1.0
+    assert analysis.adjusted_rand_index([0, 0, 0], [1, 1, 1]) == 1.0
+    assert analysis.adjusted_rand_index([0, 1, 0, 1], [0, 0, 1, 1]) < 0                      # worse than chance
+    assert np.isnan(analysis.adjusted_rand_index([], []))
+    assert analysis.purity(["a", "a", "b", "b", "b", "b"], a) == pytest.approx(5 / 6)
+    table, rows, cols = analysis.contingency(a, b)
+    assert table.tolist() == [[2, 1, 0], [0, 1, 2]] and rows == [0, 1] and cols == [0, 1, 2]
+
+
+def test_oks_and_greedy_matcher_by_hand():
+    # one visible joint 2 px away, area 100, sigma 0.1: e = 4 / ((2 * 0.1)^2 * 100 * 2) = 0.5
+    # (the second joint is unannotated: left out however far off it is)
+    assert analysis.oks([3, 0, 50, 50], [1, 0, 2, 9, 9, 0], 100, np.array([0.1, 0.1])) == pytest.approx(np.exp(-0.5))
+    assert analysis.oks([3, 0, 1, 50, 50, 1], [1, 0, 2, 9, 9, 0], 100, np.array([0.1, 0.1])) == pytest.approx(np.exp(-0.5))
+    gts = [dict(id=1, image_id=7, x=0.0), dict(id=2, image_id=7, x=10.0), dict(id=3, image_id=8, x=0.0)]
+    results = [dict(image_id=7, score=0.5, x=1.0), dict(image_id=7, score=0.9, x=4.0),
+               dict(image_id=7, score=0.8, x=6.0), dict(image_id=7, score=0.1, x=100.0)]
+    sim = lambda r, g: 1 / (1 + abs(r["x"] - g["x"]))
+    pairs = analysis.greedy_match(results, gts, sim, thresh=0.1)
+    # 0.9 (x=4) takes gt 1 (closer), 0.8 (x=6) takes gt 2, 0.5 finds both taken, 0.1 is too far,
+    # gt 3 is in another image
+    assert [(r["score"], g["id"]) for r, g in pairs] == [(0.9, 1), (0.8, 2)]
+
+
+# ----------------------------------------------------------------------------- analyses on hand-built results
+def gt_results(coco, component, jitter=0.0, seed=0):
+    """Result dicts made from the ground truth: component(annotation) -> int, score 1 - small
+    decreasing steps, keypoints jittered by up to `jitter` px, sigma from the component."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, a in enumerate(a for a in coco.dataset["annotations"] if not a["iscrowd"]):
+        x, y, w, h = a["bbox"]
+        r = dict(image_id=a["image_id"], category_id=a["category_id"], bbox=list(a["bbox"]),
+                 score=1.0 - 1e-3 * i, component=int(component(a)), sigma=[10.0 + component(a), 20.0],
+                 center=[x + w / 2, y + h / 2], out_px=1.0)
+        if "keypoints" in a:
+            kps = np.array(a["keypoints"], float).reshape(-1, 3)
+            kps[:, :2] += rng.uniform(-jitter, jitter, (len(kps), 2))
+            kps[:, 2] = 1
+            r["keypoints"] = kps.ravel().tolist()
+        out.append(r)
+    return out
+
+
+def test_fig2_orders_components_by_scale(synthetic, tmp_path):
+    coco = CocoDataset(*synthetic["det"], "det").coco
+    shuffled = [2, 0, 1]                                       # decoder index of each scale bin
+    res = analysis.component_scale(gt_results(coco, lambda a: shuffled[a["scale_bin"]]), coco)
+    assert [r["component"] for r in res["rows"]] == [shuffled[b] for b in sorted({a["scale_bin"] for a in coco.dataset["annotations"]})]
+    means = [r["mean_scale"] for r in res["rows"]]
+    assert means == sorted(means) and sum(r["share"] for r in res["rows"]) == pytest.approx(1)
+    assert res["matched"] == len(coco.dataset["annotations"]) and res["ari_scale_bin"] == 1.0
+    assert res["pearson_scale"] > 0.7 and abs(res["pearson_category"]) < 0.5
+    scales = np.sqrt([a["area"] for a in coco.dataset["annotations"]])
+    bins = [a["scale_bin"] for a in coco.dataset["annotations"]]
+    ranks = [sorted(set(bins)).index(b) for b in bins]
+    assert res["pearson_scale"] == pytest.approx(analysis.pearson(ranks, scales))
+    import plots
+    assert plots.scale_distribution(res, tmp_path / "fig2.png").stat().st_size > 0
+
+
+def test_table4_statistics_by_hand():
+    names = ["nose", "left_eye", "right_eye"]
+    r = lambda c, score, kps, sigma: dict(score=score, component=c, sigma=sigma, center=[10.0, 10.0],
+                                          keypoints=[v for x, y in kps for v in (x, y, 1)])
+    results = [r(0, 0.9, [(10, 5), (12, 8), (7, 8)], [1.0, 2.0]),      # left +x, right -x, both -y
+               r(0, 0.8, [(10, 5), (13, 12), (6, 12)], [3.0, 4.0]),     # left +x +y, right -x +y
+               r(1, 0.7, [(10, 5), (8, 8), (14, 8)], [5.0, 5.0]),       # back view: left -x, right +x
+               r(1, 0.1, [(10, 5), (12, 8), (7, 8)], [9.0, 9.0])]       # below the score threshold
+    rows = analysis.component_statistics(results, names, score_thresh=0.3)
+    assert [(row["component"], row["count"]) for row in rows] == [(1, 2), (2, 1)]
+    first, second = rows
+    assert first["rate"] == pytest.approx(2 / 3) and first["sigma_x"] == 2.0 and first["sigma_y_std"] == 1.0
+    assert (first["x+_left"], first["y+_left"], first["x+_right"], first["y+_right"]) == (1.0, 0.5, 0.0, 0.5)
+    assert (second["x+_left"], second["x+_right"]) == (0.0, 1.0)
+    text = analysis.format_component_statistics(rows)
+    assert "66.7" in text and "2.0 (1.0)" in text
+
+
+def test_table5_face_visibility(synthetic):
+    coco = CocoDataset(*synthetic["pose"], "pose").coco
+    names = coco.loadCats(1)[0]["keypoints"]
+    comp = lambda a: 0 if a["viewpoint"] == "front" else 1
+    res = analysis.face_visibility(gt_results(coco, comp), coco, names, 0.5, 6)
+    gts = [a for a in coco.dataset["annotations"] if a["num_keypoints"] >= 6]
+    visible = [a["keypoints"][2] == 2 for a in gts]
+    assert res["gt"]["instances"] == len(gts) and res["matched"] == len(gts)
+    assert res["gt"]["visible_face"] == pytest.approx(np.mean(visible))
+    assert res["gt"]["visible_keypoints"] + res["gt"]["occluded_keypoints"] == pytest.approx(1)
+    # synthetic back views hide the nose: every back view (component 2) has an occluded face
+    table = dict(zip(res["faces"], res["table"].tolist()))
+    back = sum(a["viewpoint"] == "back" for a in gts)
+    assert back > 0 and res["components"] == [1, 2]
+    assert table["occluded"][1] == back and table["visible"][1] == 0
+    assert sum(res["predictions"].values()) == pytest.approx(1)
+
+
+def test_table6_ground_truth_displacement_is_monotone(synthetic):
+    coco = CocoDataset(*synthetic["pose"], "pose").coco
+    names = coco.loadCats(1)[0]["keypoints"]
+    subsets = analysis.subset_joints(names)
+    assert subsets["Facial"] == [0, 1, 2, 3, 4] and subsets["Ears"] == [3, 4] and len(subsets) == 9
+    table = {d: {s: analysis.keypoint_subset_ap(coco, analysis.displaced_ground_truth(coco, d), j)
+                 for s, j in subsets.items() if s in ("All", "Facial", "Nose", "Hips")} for d in (0, 1, 3)}
+    assert all(ap == pytest.approx(1.0) for ap in table[0].values())
+    for s in table[0]:
+        assert table[0][s] >= table[1][s] >= table[3][s]
+    assert table[3]["All"] < 1.0 and table[3]["Nose"] < table[3]["Hips"]      # faces are the most sensitive
+    full = analysis.keypoint_subset_table(gt_results(coco, lambda a: 0), coco, names, displacements=(2,))
+    assert set(full) == {"GT Disp. 2", "Model"} and full["Model"]["All"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- latent modes
+def test_latent_modes_ground_truth_oracle(synthetic):
+    pose = CocoDataset(*synthetic["pose"], "pose").coco
+    view = lambda a: {"front": 0, "back": 1}[a["viewpoint"]]
+    found = analysis.latent_mode_agreement(gt_results(pose, view), pose, "pose")
+    assert set(found) == {"cues True", "cues False"}
+    for group in found.values():
+        if group["pairs"]:
+            assert group["purity"] == 1.0 and group["ari"] == 1.0
+    assert sum(g["pairs"] for g in found.values()) == sum(a["num_keypoints"] > 0 for a in pose.dataset["annotations"])
+    det = CocoDataset(*synthetic["det"], "det").coco
+    found = analysis.latent_mode_agreement(gt_results(det, lambda a: a["scale_bin"]), det, "det")["all"]
+    assert found["purity"] == 1.0 and found["ari"] == 1.0 and found["table"].sum() == len(det.dataset["annotations"])
+    rng = random.Random(0)                                     # a control: random components do not agree
+    found = analysis.latent_mode_agreement(gt_results(det, lambda a: rng.randrange(3)), det, "det")["all"]
+    assert found["ari"] < 0.5
+    plain = COCO()                                              # no latent fields: nothing to compare
+    plain.dataset = dict(pose.dataset, annotations=[{k: v for k, v in a.items() if k != "viewpoint"}
+                                                    for a in pose.dataset["annotations"]])
+    with contextlib.redirect_stdout(io.StringIO()):
+        plain.createIndex()
+    assert analysis.latent_mode_agreement(gt_results(plain, lambda a: 0), plain, "pose") == {}
