@@ -33,7 +33,6 @@ Undefined numbers (a correlation of fewer than two points or of a constant, a me
 nothing) are nan and print as "-"; shares and counts of nothing are 0.
 """
 import contextlib
-import copy
 import io
 from pathlib import Path
 
@@ -115,11 +114,8 @@ def oks(pred, gt, area, sigmas):
     gt = np.asarray(gt, np.float64).reshape(-1, 3)
     pred = np.asarray(pred, np.float64).reshape(len(gt), -1)[:, :2]
     seen = gt[:, 2] > 0
-    if not seen.any():
-        return 0.0
-    d2 = ((pred - gt[:, :2]) ** 2).sum(1)
-    e = d2 / ((2 * sigmas) ** 2 * (area + np.spacing(1)) * 2)  # pycocotools' computeOks
-    return float(np.exp(-e[seen]).mean())
+    e = ((pred - gt[:, :2]) ** 2).sum(1) / ((2 * sigmas) ** 2 * (area + np.spacing(1)) * 2)  # pycocotools' computeOks
+    return float(np.exp(-e[seen]).mean()) if seen.any() else 0.0
 
 
 def greedy_match(results, gts, similarity, thresh):
@@ -131,8 +127,7 @@ def greedy_match(results, gts, similarity, thresh):
         by_image.setdefault(g["image_id"], []).append(g)
     used, pairs = set(), []
     for r in sorted(results, key=lambda r: -r["score"]):
-        candidates = [(similarity(r, g), g["id"], g) for g in by_image.get(r["image_id"], [])
-                      if g["id"] not in used]
+        candidates = [(similarity(r, g), g["id"], g) for g in by_image.get(r["image_id"], []) if g["id"] not in used]
         candidates = [c for c in candidates if c[0] >= thresh]
         if candidates:
             best = max(candidates, key=lambda c: (c[0], -c[1]))[2]
@@ -183,11 +178,11 @@ def component_scale(results, coco_gt, score_thresh=0.3, iou_thresh=0.5, img_ids=
     cats = [cat_index[g["category_id"]] for _, g in pairs]
     bins = [0 if g["area"] < 32 ** 2 else 1 if g["area"] < 96 ** 2 else 2 for _, g in pairs]
     gt_scales = np.array([scale(g) for g in _gts(coco_gt, img_ids)])
-    stats = lambda s: dict(count=len(s), share=len(s) / max(len(pairs), 1),
-                           mean_scale=float(s.mean()) if len(s) else float("nan"),
-                           median_scale=float(np.median(s)) if len(s) else float("nan"))
-    rows = [dict(name=str(i + 1), component=c, **stats(scales[comps == c])) for i, c in enumerate(order)]
-    return dict(rows=rows, gt=stats(gt_scales), matched=len(pairs),
+    stats = lambda s, total: dict(count=len(s), share=len(s) / max(total, 1),
+                                  mean_scale=float(s.mean()) if len(s) else float("nan"),
+                                  median_scale=float(np.median(s)) if len(s) else float("nan"))
+    rows = [dict(name=str(i + 1), component=c, **stats(scales[comps == c], len(pairs))) for i, c in enumerate(order)]
+    return dict(rows=rows, gt=stats(gt_scales, len(gt_scales)), matched=len(pairs),
                 scales={**{row["name"]: scales[comps == row["component"]] for row in rows}, "GT": gt_scales},
                 pearson_scale=pearson(rank, scales), pearson_category=pearson(rank, cats),
                 ari_scale_bin=adjusted_rand_index(rank.tolist(), bins),
@@ -233,7 +228,7 @@ def face_visibility(results, coco_gt, keypoint_names, score_thresh=0.5, min_keyp
     components: the face (visible / occluded) x component counts of the matched pairs."""
     nose = keypoint_names.index("nose") if "nose" in keypoint_names else None
     gts = [g for g in _gts(coco_gt, img_ids, keypoints=True) if g["num_keypoints"] >= min_keypoints]
-    v = np.array([g["keypoints"][2::3] for g in gts], np.float64).reshape(len(gts), -1)
+    v = np.array([g["keypoints"][2::3] for g in gts], np.float64).reshape(len(gts), len(keypoint_names))
     annotated = max(int((v > 0).sum()), 1)
     face = lambda g: "visible" if nose is not None and g["keypoints"][3 * nose + 2] == 2 else "occluded"
     faces = [face(g) for g in gts]
@@ -377,12 +372,12 @@ def format_scale(res):
     rows = [[r["name"], r["component"] + 1, r["count"], _num(r["share"], True), _num(r["mean_scale"]),
              _num(r["median_scale"])] for r in res["rows"]]
     g = res["gt"]
-    rows.append(["GT", "-", g["count"], "100.0", _num(g["mean_scale"]), _num(g["median_scale"])])
-    text = text_table(["Comp.", "decoder", "matched", "share %", "mean sqrt(area)", "median"], rows,
-                      "Fig. 2: object scale per max component (score >= 0.3, matched at IoU >= 0.5; named by scale)")
-    return text + (f"\nPearson r: component vs scale {_num(res['pearson_scale'])} (paper 0.76), vs category "
-                   f"{_num(res['pearson_category'])} (paper 0.04); ARI: vs scale bin {_num(res['ari_scale_bin'])}, "
-                   f"vs category {_num(res['ari_category'])}") + ("" if res["matched"] else "\n(no prediction matched: nothing to correlate)")
+    rows.append(["GT", "-", g["count"], _num(g["share"], True), _num(g["mean_scale"]), _num(g["median_scale"])])
+    return "\n".join([text_table(["Comp.", "decoder", "matched", "share %", "mean sqrt(area)", "median"], rows,
+                                 "Fig. 2: object scale per max component (score >= 0.3, IoU >= 0.5; named by scale)"),
+                      f"Pearson r: component vs scale {_num(res['pearson_scale'])} (paper 0.76), vs category "
+                      f"{_num(res['pearson_category'])} (paper 0.04); ARI: vs scale bin {_num(res['ari_scale_bin'])}, "
+                      f"vs category {_num(res['ari_category'])}"] + ([] if res["matched"] else ["(no prediction matched)"]))
 
 
 def format_component_statistics(rows):

@@ -17,6 +17,7 @@ import analysis
 import evaluate
 import mdn_dense as md
 from coco_data import CocoDataset
+from coco_eval import coco_evaluate
 from synthetic_coco import make_dataset
 from train import build_model
 
@@ -53,6 +54,10 @@ def test_oracle_synthetic(synthetic, task, tmp_path):
     assert ap >= MIN_ORACLE_AP[task]                           # measured: 1.000 for both
     results = json.loads((tmp_path / "results.json").read_text())
     assert {"component", "alpha", "sigma", "center", "out_px"} <= set(results[0])
+    best = [r for r in results if r["score"] > 0.5]
+    x, y, w, h = np.array([r["bbox"] for r in best]).T
+    assert np.allclose([r["center"] for r in best], np.stack([x + w / 2, y + h / 2], 1), atol=1e-6)
+    assert all(r["out_px"] == pytest.approx(4.0) for r in results)    # 128 px images at 128 px: the stride
 
 
 @pytest.mark.skipif(not SAMPLE.exists(), reason=f"real COCO sample not found at {SAMPLE}")
@@ -157,6 +162,8 @@ def test_no_detections_gives_zeros_and_message(synthetic, task, tmp_path, capsys
         assert found["fig2"]["matched"] == 0 and np.isnan(found["fig2"]["pearson_scale"])
     else:
         assert found["table4"] == [] and found["table5_6_0.5"]["matched"] == 0
+        nobody = analysis.face_visibility([], coco, names, min_keypoints=100)   # no ground truth qualifies
+        assert nobody["gt"]["instances"] == 0 and nobody["gt"]["visible_face"] == 0
         assert all(ap == 0 for ap in found["table6"]["Model"].values())
         assert found["table6"]["GT Disp. 1"]["All"] > 0.5       # the reference rows need no detections
     assert all(r["pairs"] == 0 for r in found["latent"].values())
@@ -199,7 +206,9 @@ def test_pearson_ari_purity_by_hand():
     assert analysis.adjusted_rand_index([0, 0, 0], [1, 1, 1]) == 1.0
     assert analysis.adjusted_rand_index([0, 1, 0, 1], [0, 0, 1, 1]) < 0                      # worse than chance
     assert np.isnan(analysis.adjusted_rand_index([], []))
-    assert analysis.purity(["a", "a", "b", "b", "b", "b"], a) == pytest.approx(5 / 6)
+    # clusters {0: a a b, 1: b b, 2: b}: majorities 2 + 2 + 1 of 6 (the other way round, 4 of 6)
+    assert analysis.purity(["a", "a", "b", "b", "b", "b"], [0, 0, 0, 1, 1, 2]) == pytest.approx(5 / 6)
+    assert analysis.purity([0, 0, 0, 1, 1, 2], ["a", "a", "b", "b", "b", "b"]) == pytest.approx(4 / 6)
     table, rows, cols = analysis.contingency(a, b)
     assert table.tolist() == [[2, 1, 0], [0, 1, 2]] and rows == [0, 1] and cols == [0, 1, 2]
 
@@ -209,7 +218,7 @@ def test_oks_and_greedy_matcher_by_hand():
     # (the second joint is unannotated: left out however far off it is)
     assert analysis.oks([3, 0, 50, 50], [1, 0, 2, 9, 9, 0], 100, np.array([0.1, 0.1])) == pytest.approx(np.exp(-0.5))
     assert analysis.oks([3, 0, 1, 50, 50, 1], [1, 0, 2, 9, 9, 0], 100, np.array([0.1, 0.1])) == pytest.approx(np.exp(-0.5))
-    gts = [dict(id=1, image_id=7, x=0.0), dict(id=2, image_id=7, x=10.0), dict(id=3, image_id=8, x=0.0)]
+    gts = [dict(id=2, image_id=7, x=10.0), dict(id=1, image_id=7, x=0.0), dict(id=3, image_id=8, x=0.0)]
     results = [dict(image_id=7, score=0.5, x=1.0), dict(image_id=7, score=0.9, x=4.0),
                dict(image_id=7, score=0.8, x=6.0), dict(image_id=7, score=0.1, x=100.0)]
     sim = lambda r, g: 1 / (1 + abs(r["x"] - g["x"]))
@@ -261,17 +270,40 @@ def test_table4_statistics_by_hand():
     r = lambda c, score, kps, sigma: dict(score=score, component=c, sigma=sigma, center=[10.0, 10.0],
                                           keypoints=[v for x, y in kps for v in (x, y, 1)])
     results = [r(0, 0.9, [(10, 5), (12, 8), (7, 8)], [1.0, 2.0]),      # left +x, right -x, both -y
-               r(0, 0.8, [(10, 5), (13, 12), (6, 12)], [3.0, 4.0]),     # left +x +y, right -x +y
+               r(0, 0.8, [(10, 5), (10, 12), (6, 12)], [3.0, 4.0]),     # left 0 x (not +) +y, right -x +y
                r(1, 0.7, [(10, 5), (8, 8), (14, 8)], [5.0, 5.0]),       # back view: left -x, right +x
                r(1, 0.1, [(10, 5), (12, 8), (7, 8)], [9.0, 9.0])]       # below the score threshold
     rows = analysis.component_statistics(results, names, score_thresh=0.3)
     assert [(row["component"], row["count"]) for row in rows] == [(1, 2), (2, 1)]
     first, second = rows
     assert first["rate"] == pytest.approx(2 / 3) and first["sigma_x"] == 2.0 and first["sigma_y_std"] == 1.0
-    assert (first["x+_left"], first["y+_left"], first["x+_right"], first["y+_right"]) == (1.0, 0.5, 0.0, 0.5)
+    assert (first["x+_left"], first["y+_left"], first["x+_right"], first["y+_right"]) == (0.5, 0.5, 0.0, 0.5)
     assert (second["x+_left"], second["x+_right"]) == (0.0, 1.0)
     text = analysis.format_component_statistics(rows)
     assert "66.7" in text and "2.0 (1.0)" in text
+
+
+def tiny_coco(annotations, names):
+    """A pycocotools COCO object from hand-written person annotations (one image)."""
+    coco = COCO()
+    coco.dataset = dict(info={}, images=[dict(id=1, width=100, height=100, file_name="x.jpg")],
+                        categories=[dict(id=1, name="person", keypoints=names)],
+                        annotations=[dict(id=i + 1, image_id=1, category_id=1, iscrowd=0, area=2500.0,
+                                          bbox=[0, 0, 50, 50], num_keypoints=sum(v > 0 for v in a[2::3]), keypoints=a)
+                                     for i, a in enumerate(annotations)])
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def test_table5_face_is_visible_only_for_a_visible_nose():
+    names = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_hip", "right_hip"]
+    person = lambda nose_v, n: [10, 10, nose_v] + [v for j in range(1, 7) for v in (10 + j, 20, 2 if j <= n else 0)]
+    coco = tiny_coco([person(2, 6), person(1, 6), person(0, 6), person(2, 4)], names)   # the last has 5 joints
+    res = analysis.face_visibility([], coco, names, min_keypoints=6)
+    assert res["gt"]["instances"] == 3 and res["gt"]["visible_face"] == pytest.approx(1 / 3)
+    # annotated joints of the 3: 7 + 7 + 6 = 20, one of them occluded (v = 1)
+    assert res["gt"]["occluded_keypoints"] == pytest.approx(1 / 20)
 
 
 def test_table5_face_visibility(synthetic):
@@ -290,6 +322,25 @@ def test_table5_face_visibility(synthetic):
     assert back > 0 and res["components"] == [1, 2]
     assert table["occluded"][1] == back and table["visible"][1] == 0
     assert sum(res["predictions"].values()) == pytest.approx(1)
+
+
+def test_keypoint_subset_ap_equals_full_evaluation_without_the_other_joints(synthetic):
+    """An independent oracle for the slicing: evaluating joints J alone must equal plain
+    COCOeval (all 17 sigmas) on ground truth whose other joints are marked unannotated."""
+    coco = CocoDataset(*synthetic["pose"], "pose").coco
+    results = gt_results(coco, lambda a: 0, jitter=2.0)
+    hidden = COCO()
+    anns = []
+    for a in coco.dataset["annotations"]:
+        kps = [v if i % 3 != 2 or i // 3 in (0, 9, 10) else 0 for i, v in enumerate(a["keypoints"])]
+        anns.append(dict(a, keypoints=kps, num_keypoints=sum(v > 0 for v in kps[2::3])))
+    hidden.dataset = dict(coco.dataset, annotations=anns)
+    with contextlib.redirect_stdout(io.StringIO()):
+        hidden.createIndex()
+    expected = coco_evaluate(hidden, results, "pose")[0]
+    assert 0.1 < expected < 0.99                               # the jitter makes it a real test
+    assert analysis.keypoint_subset_ap(coco, results, [0, 9, 10]) == pytest.approx(expected)
+    assert analysis.keypoint_subset_ap(coco, results, list(range(17))) == pytest.approx(coco_evaluate(coco, results, "pose")[0])
 
 
 def test_table6_ground_truth_displacement_is_monotone(synthetic):
