@@ -186,6 +186,18 @@ def test_cli_flags_and_every_analysis_on_an_untrained_network(synthetic, task, t
     assert (tmp_path / "fig2_scale.png").exists() == (task == "det")
     text = (tmp_path / "analysis.txt").read_text()
     assert ("Fig. 2" in text) if task == "det" else all(t in text for t in ("Table 4", "Table 5", "Table 6"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results) <= 3 * 100 and len({r["image_id"] for r in results}) == 3   # merged to top 100 per image
+    coco = CocoDataset(ann, images, task).coco
+    if task == "det":
+        fig2 = analysis.component_scale(results, coco, score_thresh=0.0, iou_thresh=0.0)  # everything counts
+        assert fig2["matched"] > 0 and sum(r["share"] for r in fig2["rows"]) == pytest.approx(1)
+        assert all(np.isnan(p) or -1 <= p <= 1 for p in (fig2["pearson_scale"], fig2["pearson_category"]))
+    else:
+        rows = analysis.component_statistics(results, coco.loadCats(1)[0]["keypoints"])
+        assert sum(r["rate"] for r in rows) == pytest.approx(1) and {r["component"] for r in rows} <= {1, 2}
+        floor = md.default_sigma_floor("pose")
+        assert all(r["sigma_x"] > floor and r["sigma_y"] > floor and 0 <= r["x+_left"] <= 1 for r in rows)
     with pytest.raises(SystemExit):
         evaluate.main(["--checkpoint", ckpt, "--ann", ann, "--images", images, "--component", "3"])
 
