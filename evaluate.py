@@ -66,10 +66,8 @@ def oracle_outputs(batch, task, m, num_classes, num_joints=0):
             flat[b, first_channel:first_channel + c, ind[b][keep]] = values[b][keep].T.float()
 
     scatter("reg", batch["ind"], batch["reg"], batch["mask"])
-    if task == "det":
-        scatter("wh", batch["ind"], batch["wh"], batch["mask"])  # component 0 = channels 0, 1
-    else:
-        scatter("wh", batch["ind"], batch["wh"], batch["mask"])
+    scatter("wh", batch["ind"], batch["wh"], batch["mask"])  # det: component 0 = channels 0, 1
+    if task == "pose":
         scatter("hps", batch["ind"], batch["hps"], batch["mask"])
         if "hm_hp" in batch:
             out["hm_hp"] = logit(batch["hm_hp"].float())
@@ -319,6 +317,7 @@ def parse_args(argv=None):
     inf.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
     inf.add_argument("--workers", type=int, default=0, help="data-loader workers (default 0)")
     inf.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    inf.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; on a busy shared CPU, 1 can be many times faster)")
     inf.add_argument("--fps", type=int, nargs="?", const=50, default=0, metavar="N", help="also time N images (default 50) one at a time after 5 warm-up images: network + decoding + mapping back + merge, no data loading (Fig. 3)")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="folder for results JSON, tables and figures (default: next to the checkpoint)")
@@ -338,6 +337,8 @@ def parse_rule(text):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.oracle:
         if not args.task:
@@ -386,7 +387,8 @@ def main(argv=None):
         fps = measure_fps(model, data, task, m, sigma_floor, ds.cat_ids, device, args.fps, rule=rule,
                           k=args.topk, flip=args.flip, flip_idx=flip_idx, refine=args.refine,
                           nms_method=args.soft_nms)
-        table += f"\nFPS {fps:.2f} images/s on {device.type} ({args.fps} images, batch 1, after 5 warm-up images)"
+        threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+        table += f"\nFPS {fps:.2f} images/s on {device.type}{threads} ({args.fps} images, batch 1, after 5 warm-up)"
     print(table)
     out_dir = Path(args.out or (Path(args.checkpoint).parent if args.checkpoint else "runs/oracle"))
     out_dir.mkdir(parents=True, exist_ok=True)
