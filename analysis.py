@@ -18,15 +18,16 @@ can call them on any results.json. Definitions (the paper leaves these open; cho
       to +x and +y, for the left joints and for the right joints (from the keypoint names).
   Table 5 (pose) face_visibility: ground truth with at least 6 annotated keypoints ("more
       than 5"); face visible = nose annotated and visible (v = 2). Predictions with score
-      >= 0.5, matched to that ground truth greedily by OKS >= 0.5. Reports the ground-truth
-      keypoint / face visibility split, the component split of the predictions, and the
-      face x component contingency table of the matched pairs.
+      >= 0.5, matched to that ground truth greedily by OKS >= 0.5 (also >= 10 and >= 0.7, the
+      paper's bracketed numbers). Reports the ground-truth keypoint / face visibility split,
+      the component split of the predictions, and the face x component table of the pairs.
   Table 6 (pose) keypoint_subset_table: COCO keypoint AP on joint subsets (ground truth and
       detections sliced, num_keypoints recomputed, OKS sigmas sliced), for the model and for
       the ground truth displaced by 1, 2, 3 pixels in a random direction (score 1).
-  Latent modes (synthetic data) latent_mode_agreement: the matched pairs above (det: IoU,
-      component vs scale_bin; pose: OKS, component vs viewpoint, apart for figures with and
-      without cues): contingency table, purity and adjusted Rand index.
+  Latent modes (synthetic data) latent_mode_agreement: predictions with score >= 0.3 matched
+      as above (det: IoU >= 0.5, component vs scale_bin; pose: OKS >= 0.5, component vs
+      viewpoint, apart for figures with and without cues): contingency table, purity (share
+      of pairs whose component's majority mode is their mode) and adjusted Rand index.
   Fig. 5: plots.py.
 
 Undefined numbers (a correlation of fewer than two points or of a constant, a mean of
@@ -409,8 +410,9 @@ def format_latent(res):
     parts = []
     for name, r in res.items():
         rows = [[c] + list(row) for c, row in zip(r["components"], r["table"].tolist())]
+        trivial = "" if len(r["modes"]) > 1 else " (fewer than two modes matched: purity and ARI are vacuous)"
         parts.append(text_table(["comp. \\ mode"] + r["modes"], rows, f"latent modes ({name}): {r['pairs']} matched, "
-                                f"purity {_num(r['purity'])}, ARI {_num(r['ari'])}"))
+                                f"purity {_num(r['purity'])}, ARI {_num(r['ari'])}{trivial}"))
     return "\n".join(parts)
 
 

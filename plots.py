@@ -116,19 +116,21 @@ def examples(results, coco_gt, task, img_ids, load_image, path, num=4, keypoint_
         skeleton = [(a - 1, b - 1) for a, b in cat.get("skeleton", [])]   # COCO's skeleton is 1-based
     fig = Figure(figsize=(4 * max(len(chosen), 1), 4.3))
     axes = np.atleast_1d(fig.subplots(1, max(len(chosen), 1)))
+    drawn = set()
     for ax, img_id in zip(axes, chosen):
         ax.imshow(load_image(img_id))
         mine = sorted((r for r in results if r["image_id"] == img_id), key=lambda r: -r["score"])[:per_image]
+        drawn |= {r.get("component", 0) for r in mine if r["score"] >= score_thresh}
         if task == "det":
             draw_detections(ax, mine, score_thresh)
         else:
             draw_poses(ax, mine, keypoint_names, skeleton, score_thresh)
         ax.set_title(f"image {img_id}: {confident.get(img_id, 0)} predictions >= {score_thresh}", fontsize=9)
         ax.axis("off")
-    comps = sorted({r.get("component", 0) for r in results if r["score"] >= score_thresh})
-    handles = [Rectangle((0, 0), 1, 1, fill=False, ec=component_colour(c), label=f"component {c + 1}") for c in comps]
+    handles = [Rectangle((0, 0), 1, 1, fill=False, ec=component_colour(c), label=f"component {c + 1}")
+               for c in sorted(drawn)]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     fig.savefig(path, dpi=100)
     return path
