@@ -178,18 +178,24 @@ def gaussian_radius(h, w, min_overlap=0.7, cornernet_quirk=True):
 
 @functools.lru_cache(maxsize=None)
 def _gaussian_kernel(r):
+    """The (2r+1, 2r+1) float64 Gaussian exp(-(dx^2 + dy^2) / (2 sigma^2)) with
+    sigma = (2r + 1) / 6 (the diameter / 6) and peak 1 at the centre; values below
+    eps * peak are set to 0 (CenterNet). Read-only: it is cached and shared."""
+    ### BEGIN SOLUTION
     d = np.arange(-r, r + 1, dtype=np.float64)
     sigma = (2 * r + 1) / 6
     g = np.exp(-(d[:, None] ** 2 + d[None, :] ** 2) / (2 * sigma * sigma))  # (2r+1, 2r+1)
     g[g < np.finfo(np.float64).eps * g.max()] = 0
     g.flags.writeable = False                    # cached and shared: never modified
     return g
+    ### END SOLUTION
 
 
 def draw_gaussian(heatmap, center, radius):
     """Splat exp(-d^2 / (2 sigma^2)), sigma = (2r + 1) / 6, into heatmap (H, W) in place by
     element-wise max, centred on the integer cell center = (x, y), clipped to the map.
     Values below eps * peak are zeroed, as CenterNet does. Returns heatmap."""
+    ### BEGIN SOLUTION
     x, y, r = int(center[0]), int(center[1]), int(radius)
     H, W = heatmap.shape
     g = _gaussian_kernel(r)
@@ -197,6 +203,7 @@ def draw_gaussian(heatmap, center, radius):
     window = heatmap[y - top:y + bottom, x - left:x + right]
     np.maximum(window, g[r - top:r + bottom, r - left:r + right], out=window)
     return heatmap
+    ### END SOLUTION
 
 
 def render_targets(boxes, classes, num_classes, out_size, max_objs, keypoints=None,

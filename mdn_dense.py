@@ -38,8 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# COCO's per-joint OKS sigmas; the official code divides them by 10 and uses them as the
-# per-joint scale k_j of Eq. (4) so that eyes get tighter Gaussians than hips.
+# COCO's per-joint OKS sigmas as printed in the COCO keypoint paper (pycocotools' own
+# `sigmas` are these / 10). The official code uses them / 10 (= pycocotools' sigmas) as the
+# per-joint scale k_j of Eq. (4), so that eyes get tighter Gaussians than hips.
 COCO_OKS_SIGMAS = [.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62,
                    1.07, 1.07, .87, .87, .89, .89]
 COCO_KPT_SCALE = [s / 10 for s in COCO_OKS_SIGMAS]
@@ -61,7 +62,9 @@ def sigma_activation(x, floor):
     """
     if floor < 0:
         raise ValueError(f"sigma floor must be >= 0, got {floor}")
+    ### BEGIN SOLUTION
     return (F.elu(x) + 1.0 + floor).clamp_min(1e-4)
+    ### END SOLUTION
 
 
 def log_mixing_coefficients(logits, dim=1):
@@ -93,6 +96,7 @@ def mdn_nll(target, mu, sigma, log_alpha, mask=None, kpt_scale=None):
         raise ValueError(f"D must be even (x, y interleaved), got mu of shape {tuple(mu.shape)}")
     dtype = torch.promote_types(target.dtype, torch.float32)
     with torch.autocast(device_type=mu.device.type, enabled=False):
+        ### BEGIN SOLUTION
         t, mu, sigma = target.to(dtype), mu.to(dtype), sigma.to(dtype)
         log_alpha = log_alpha.to(dtype)
         mask = torch.ones_like(t) if mask is None else mask.to(dtype)
@@ -110,6 +114,7 @@ def mdn_nll(target, mu, sigma, log_alpha, mask=None, kpt_scale=None):
                                        - 0.5 * math.log(2 * math.pi))).sum(-1)  # (N, M)
         nll = -torch.logsumexp(log_alpha + log_phi, dim=1)             # Eq. (5), (N,)
         return nll * (mask.sum(1) > 0).to(dtype)
+        ### END SOLUTION
 
 
 # ----------------------------------------------------------------------------- heads
@@ -210,12 +215,14 @@ def select_component(mu, sigma, log_alpha, how="max"):
         comp = torch.full(log_alpha.shape[:-1], how, dtype=torch.long, device=mu.device)
     else:
         raise ValueError(f"component must be 'max', 'mean' or an int in [0, {M}), got {how!r}")
+    ### BEGIN SOLUTION
     alpha = log_alpha.exp()
     pick = lambda t: t.gather(-2, comp[..., None, None].expand(*t.shape[:-2], 1, t.shape[-1]))[..., 0, :]
     if how == "mean":
         w = alpha.to(mu.dtype)[..., None]                              # (..., M, 1)
         return (w * mu).sum(-2), (w * sigma).sum(-2), comp, alpha.gather(-1, comp[..., None])[..., 0]
     return pick(mu), pick(sigma), comp, alpha.gather(-1, comp[..., None])[..., 0]
+    ### END SOLUTION
 
 
 # ----------------------------------------------------------------------------- losses
@@ -329,24 +336,30 @@ def default_sigma_floor(task):
 def max_filter3x3(x):
     """3x3 max-pool with stride 1 and -inf padding, as two 1-D passes of shifted maxima:
     the same values as F.max_pool2d(x, 3, 1, 1), ~30x faster on CPU for 80-class maps."""
+    ### BEGIN SOLUTION
     p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
     rows = torch.maximum(torch.maximum(p[..., :, :-2], p[..., :, 1:-1]), p[..., :, 2:])
     return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+    ### END SOLUTION
 
 
 def peak_mask(heat):
     """Keep only 3x3 local maxima: CenterNet's replacement for NMS. heat (B, C, H, W)."""
+    ### BEGIN SOLUTION
     return heat * (max_filter3x3(heat) == heat).to(heat.dtype)
+    ### END SOLUTION
 
 
 def topk_peaks(heat, k):
     """Top-k over all classes and positions of heat (B, C, H, W). Returns scores, flat
     spatial index ind, class, ys, xs, each (B, k). (The official top-k per class then
     top-k overall selects the same set.)"""
+    ### BEGIN SOLUTION
     B, C, H, W = heat.shape
     scores, idx = heat.reshape(B, -1).topk(min(k, C * H * W))         # (B, k)
     ind = idx % (H * W)
     return scores, ind, idx // (H * W), (ind // W).to(heat.dtype), (ind % W).to(heat.dtype)
+    ### END SOLUTION
 
 
 def refine_joints(kps, hm_hp, hp_offset, boxes, thresh=0.1, snap=0.3):
@@ -391,6 +404,7 @@ def decode(out, task, m, sigma_floor, k=100, component="max", refine=False):
     pose adds keypoints (B, k, K, 2) = integer peak + selected offsets (optionally
     refined by hm_hp). The component is chosen per pixel, before peak extraction.
     """
+    ### BEGIN SOLUTION
     heat = peak_mask(torch.sigmoid(out["hm"].float()))
     scores, ind, classes, ys, xs = topk_peaks(heat, k)                 # (B, k) each
     reg = gather_feat(out["reg"].float(), ind)                         # (B, k, 2)
@@ -411,6 +425,7 @@ def decode(out, task, m, sigma_floor, k=100, component="max", refine=False):
             kps = refine_joints(kps, out["hm_hp"], out.get("hp_offset"), boxes)
         det["keypoints"] = kps
     return det
+    ### END SOLUTION
 
 
 def flip_merge(out, out_flipped, task, m, flip_idx):

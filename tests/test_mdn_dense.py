@@ -304,3 +304,30 @@ def test_mixture_at_equals_dense_maps_gathered(task, m):
     assert torch.allclose(mu_k, md.gather_feat(mu.reshape(B, M * D, 6, 7), ind).view(B, 5, M, D))
     assert torch.allclose(sigma_k, md.gather_feat(sigma.reshape(B, M * 2, 6, 7), ind).view(B, 5, M, 2))
     assert torch.allclose(la_k, md.gather_feat(log_alpha, ind))
+
+
+def test_select_component_rules_on_one_mixture():
+    mu = torch.tensor([[[1.0, 2.0], [10.0, 20.0], [100.0, 200.0]]])   # (1, M=3, D=2)
+    sigma = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])
+    alpha = torch.tensor([[0.2, 0.5, 0.3]])
+    la = alpha.log()
+    m_mu, m_sigma, comp, a = md.select_component(mu, sigma, la, "max")
+    assert comp.tolist() == [1] and torch.allclose(m_mu, mu[:, 1]) and torch.allclose(m_sigma, sigma[:, 1])
+    assert torch.allclose(a, torch.tensor([0.5]))
+    e_mu, e_sigma, comp, a = md.select_component(mu, sigma, la, "mean")
+    assert torch.allclose(e_mu, (alpha[..., None] * mu).sum(1)) and torch.allclose(e_sigma, (alpha[..., None] * sigma).sum(1))
+    assert comp.tolist() == [1]
+    f_mu, _, comp, a = md.select_component(mu, sigma, la, 2)
+    assert comp.tolist() == [2] and torch.allclose(f_mu, mu[:, 2]) and torch.allclose(a, torch.tensor([0.3]))
+
+
+def test_peak_mask_and_topk_peaks():
+    heat = torch.zeros(1, 2, 5, 6)
+    heat[0, 0, 1, 1], heat[0, 0, 1, 2] = 0.9, 0.5       # 0.5 is next to a higher peak: suppressed
+    heat[0, 1, 3, 4] = 0.7
+    peaks = md.peak_mask(heat)
+    assert peaks[0, 0, 1, 2] == 0 and peaks[0, 0, 1, 1] == 0.9 and peaks[0, 1, 3, 4] == 0.7
+    scores, ind, classes, ys, xs = md.topk_peaks(peaks, 2)
+    assert torch.allclose(scores, torch.tensor([[0.9, 0.7]]))
+    assert classes.tolist() == [[0, 1]] and ind.tolist() == [[1 * 6 + 1, 3 * 6 + 4]]
+    assert ys.tolist() == [[1.0, 3.0]] and xs.tolist() == [[1.0, 4.0]]
