@@ -284,6 +284,9 @@ def parse_args(argv=None):
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs (default: only at the end)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
+    r.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core). On a CPU "
+                                               "shared with other busy processes use 1: OpenMP threads waiting on each "
+                                               "other then slowed training here 10-40x")
     return p.parse_args(argv)
 
 
@@ -326,6 +329,8 @@ def config_from_args(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
     t0 = time.perf_counter()
     stats, _ = train(cfg, resume=args.resume)
