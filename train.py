@@ -114,11 +114,11 @@ def datasets(cfg):
 
 
 def plot_history(history, path, title=""):
-    """Loss parts and AP per epoch (the paper's Fig. 4 is drawn from such logs)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    """Loss parts and AP per epoch (the paper's Fig. 4 is drawn from such logs). Draws on
+    a bare Figure, so it neither needs pyplot nor changes a notebook's backend."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
     epochs = [h["epoch"] + 1 for h in history]
     for key in [k for k in history[-1] if k not in ("epoch", "lr", "time", "AP", "AP_components")]:
         ax1.plot(epochs, [h.get(key, float("nan")) for h in history], label=key)
@@ -131,7 +131,6 @@ def plot_history(history, path, title=""):
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -172,6 +171,9 @@ def train(cfg, resume=False):
         if ckpt_path.exists() and not resume:
             raise SystemExit(f"{ckpt_path} exists: pass --resume to continue it or --out to start elsewhere")
         out.mkdir(parents=True, exist_ok=True)
+    if cfg.batch_size % world:
+        raise SystemExit(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple "
+                         f"of the {world} processes")
     torch.manual_seed(cfg.seed)
     train_set, val_set = datasets(cfg)
     cfg.num_classes, cfg.num_joints = train_set.num_classes, train_set.num_joints
@@ -206,7 +208,7 @@ def train(cfg, resume=False):
         torch.manual_seed(cfg.seed + 1000 * epoch + rank)
         sampler.set_epoch(epoch)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(epoch, cfg) * world  # linear scaling rule for N processes
+            group["lr"] = lr_at(epoch, cfg)  # --batch-size is global: same batch, same lr
         net.train()
         sums, n, t0 = {}, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False)
@@ -270,7 +272,7 @@ def parse_args(argv=None):
     a.add_argument("--epochs", type=int, help="epochs (default: from the preset / schedule)")
     a.add_argument("--lr-steps", type=int, nargs="*", help="epochs at which lr drops x0.1 (default: from the preset)")
     a.add_argument("--lr", type=float, help="Adam learning rate for the whole batch (default: the preset's)")
-    a.add_argument("--batch-size", type=int, help="global batch size (default: the preset's: 12 hourglass104, 32 dla34)")
+    a.add_argument("--batch-size", type=int, help="global batch size, split over torchrun processes; the lr is for this batch (default: the preset's: 12 hourglass104, 32 dla34)")
     a.add_argument("--input-size", type=int, help="training input side in pixels (default: 512 real data, 128 synthetic)")
     l = p.add_argument_group("loss (defaults: the paper's / official values)")
     l.add_argument("--sigma-floor", type=float, help="sigma > floor (§4.2); default 1 for det, 9 for pose (official mdn_min_sigma = floor + 1)")
