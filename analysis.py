@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
+from coco_eval import coco_evaluate
 from mdn_dense import COCO_KPT_SCALE
 
 SIDES = {"left": ("left_", "l_"), "right": ("right_", "r_")}
@@ -283,19 +283,10 @@ def keypoint_subset_ap(coco_gt, results, joints, img_ids=None, sliced=None):
     img_ids = sorted(coco_gt.getImgIds()) if img_ids is None else list(img_ids)
     wanted = set(img_ids)
     results = [dict(r, keypoints=_slice(r["keypoints"], joints)) for r in results if r["image_id"] in wanted]
-    if not results:                                    # loadRes([]) raises IndexError
-        return 0.0
     gt = sliced or sliced_ground_truth(coco_gt, joints)
     cat = next(c for c in coco_gt.dataset["categories"] if c.get("keypoints"))
-    with contextlib.redirect_stdout(io.StringIO()):
-        E = COCOeval(gt, gt.loadRes(results), "keypoints")
-        E.params.imgIds = img_ids
-        E.params.catIds = [cat["id"]]
-        E.params.kpt_oks_sigmas = oks_sigmas(len(cat["keypoints"]))[list(joints)]
-        E.evaluate()
-        E.accumulate()
-        E.summarize()
-    return float(E.stats[0])
+    sigmas = oks_sigmas(len(cat["keypoints"]))[list(joints)]
+    return float(coco_evaluate(gt, results, "pose", img_ids, cat_ids=[cat["id"]], kpt_oks_sigmas=sigmas)[0])
 
 
 def displaced_ground_truth(coco_gt, pixels, seed=0, img_ids=None):

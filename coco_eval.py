@@ -57,7 +57,7 @@ def to_coco_results(det, out2img, image_ids, cat_ids, task):
 
 
 def coco_evaluate(coco_gt, results, task, img_ids=None, iou_type=None, cat_ids=None,
-                  verbose=False):
+                  kpt_oks_sigmas=None, verbose=False):
     """COCOeval of `results` (a list of result dicts) against coco_gt on img_ids (default:
     every ground-truth image; images without a detection then count as misses) and cat_ids
     (default: every category for bbox, those naming keypoints for keypoints).
@@ -65,6 +65,7 @@ def coco_evaluate(coco_gt, results, task, img_ids=None, iou_type=None, cat_ids=N
     iou_type: "bbox" (default for det) or "keypoints" (default for pose). Returns the stats
     array: 12 numbers for bbox (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm,
     ARl), 10 for keypoints (no small range); all zeros when there are no detections.
+    kpt_oks_sigmas: per-joint OKS sigmas when the joints are not COCO's 17 (e.g. a subset).
     """
     iou_type = iou_type or {"det": "bbox", "pose": "keypoints"}[task]
     img_ids = sorted(coco_gt.getImgIds()) if img_ids is None else [int(i) for i in img_ids]
@@ -83,6 +84,8 @@ def coco_evaluate(coco_gt, results, task, img_ids=None, iou_type=None, cat_ids=N
         if cat_ids is not None or iou_type == "keypoints":
             E.params.catIds = sorted(cat_ids if cat_ids is not None else
                                      [c["id"] for c in coco_gt.cats.values() if c.get("keypoints")])
+        if kpt_oks_sigmas is not None:
+            E.params.kpt_oks_sigmas = np.asarray(kpt_oks_sigmas, np.float64)
         E.evaluate()
         E.accumulate()
         E.summarize()

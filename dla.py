@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdn_dense import Heads
+from mdn_dense import Heads, check_input
 
 LEVELS = (1, 1, 1, 2, 2, 1)
 CHANNELS = (16, 32, 64, 128, 256, 512)
@@ -215,13 +215,6 @@ class DLAUp(nn.Module):
             features[j + 1:] = ida(features[j:])
             outs.insert(0, features[-1])
         return outs
-
-
-def check_input(x, multiple):
-    """Raise a ValueError unless x is (B, 3, H, W) with H, W multiples of `multiple`."""
-    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % multiple or x.shape[3] % multiple:
-        raise ValueError(f"input of shape {tuple(x.shape)}: expected (B, 3, H, W) with H and W "
-                         f"multiples of {multiple}")
 
 
 class DLANet(nn.Module):

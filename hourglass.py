@@ -26,7 +26,7 @@ Shapes: B batch, C channels, H, W input size; the heads see (B, C, H/4, W/4).
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdn_dense import Heads
+from mdn_dense import Heads, check_input
 
 
 class ConvBNReLU(nn.Sequential):
@@ -95,13 +95,6 @@ class Hourglass(nn.Module):
         low = self.up(self.inner(self.down(x)))                  # (B, C, H/2, W/2)
         low = F.interpolate(low, scale_factor=2, mode="nearest")  # (B, C, H, W)
         return self.upper(x) + low
-
-
-def check_input(x, multiple):
-    """Raise a ValueError unless x is (B, 3, H, W) with H, W multiples of `multiple`."""
-    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % multiple or x.shape[3] % multiple:
-        raise ValueError(f"input of shape {tuple(x.shape)}: expected (B, 3, H, W) with H and W "
-                         f"multiples of {multiple}")
 
 
 class StackedHourglass(nn.Module):

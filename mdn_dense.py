@@ -152,6 +152,14 @@ class Head(nn.Sequential):
             nn.init.constant_(self[-1].bias, prior_bias)
 
 
+def check_input(x, multiple):
+    """Raise a ValueError unless x is (B, 3, H, W) with H, W multiples of `multiple` (the
+    backbones' requirement for an exact stride-4 output)."""
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % multiple or x.shape[3] % multiple:
+        raise ValueError(f"input of shape {tuple(x.shape)}: expected (B, 3, H, W) with H and W "
+                         f"multiples of {multiple}")
+
+
 class Heads(nn.ModuleDict):
     """All heads on one feature map: forward(x (B, in, H, W)) -> {name: (B, ch, H, W)}."""
 
