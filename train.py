@@ -120,13 +120,16 @@ def plot_history(history, path, title=""):
     fig = Figure(figsize=(10, 3.5))
     ax1, ax2 = fig.subplots(1, 2)
     epochs = [h["epoch"] + 1 for h in history]
-    for key in [k for k in history[-1] if k not in ("epoch", "lr", "time", "AP", "AP_components")]:
+    for key in [k for k in history[-1] if k not in ("epoch", "lr", "time", "AP", "AP_refined", "AP_components")]:
         ax1.plot(epochs, [h.get(key, float("nan")) for h in history], label=key)
     ax1.set(xlabel="epoch", ylabel="loss", title=title)
     ax1.legend(fontsize=7)
     ap = [(h["epoch"] + 1, h["AP"]) for h in history if "AP" in h]
     if ap:
         ax2.plot(*zip(*ap), "o-", label="All")
+    ref = [(h["epoch"] + 1, h["AP_refined"]) for h in history if "AP_refined" in h]
+    if ref:
+        ax2.plot(*zip(*ref), "s--", label="All, refined (hm_hp)")
     ax2.set(xlabel="epoch", ylabel="COCO AP", ylim=(0, 1))
     ax2.legend(fontsize=7)
     fig.tight_layout()
@@ -136,15 +139,22 @@ def plot_history(history, path, title=""):
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_model(model, val, cfg, rank, world, device, progress):
     """COCO AP of the full model and of each component; every rank infers a shard, rank 0
-    evaluates the gathered results (de-duplicated by image id: the sampler pads)."""
+    evaluates the gathered results (de-duplicated by image id: the sampler pads).
+
+    Pose adds the row "All+ref": the max component with CenterNet's hm_hp refinement (the
+    default of CenterNet's pose test, the "refined" rows of Table 7); "All" is unrefined."""
     from evaluate import component_rules, evaluate_rows, predict
     rows = component_rules(cfg.m)
     sampler = torch.utils.data.DistributedSampler(val, world, rank, shuffle=False)
     loader = torch.utils.data.DataLoader(val, batch_size=16, sampler=sampler, num_workers=cfg.workers)
     net = model.module if hasattr(model, "module") else model
-    results = predict(net, loader, cfg.task, cfg.m, cfg.sigma_floor, val.cat_ids, device,
-                      components=tuple(rows.values()), flip_idx=getattr(val, "flip_idx", None),
-                      progress=progress)
+    run = lambda rules, refine: predict(net, loader, cfg.task, cfg.m, cfg.sigma_floor, val.cat_ids, device,
+                                        components=rules, flip_idx=getattr(val, "flip_idx", None),
+                                        refine=refine, progress=progress)
+    results = run(tuple(rows.values()), False)
+    if cfg.task == "pose":
+        results["max+refine"] = run(("max",), True)["max"]
+        rows = {"All": rows.pop("All"), "All+ref": "max+refine", **rows}
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, results)
@@ -237,7 +247,9 @@ def train(cfg, resume=False):
             stats = evaluate_model(net, val_set, cfg, rank, world, device, progress=rank == 0)
             if rank == 0:
                 line["AP"] = float(stats["All"][0])
-                line["AP_components"] = {k: float(v[0]) for k, v in stats.items() if k != "All"}
+                if "All+ref" in stats:
+                    line["AP_refined"] = float(stats["All+ref"][0])
+                line["AP_components"] = {k: float(v[0]) for k, v in stats.items() if not k.startswith("All")}
         if rank == 0:
             history.append(line)
             with open(out / "log.jsonl", "a") as f:

@@ -31,7 +31,7 @@ def args_for(data, out, *extra, m_flag="--m"):
 
 def test_train_checkpoint_evaluate(tiny_pose, tmp_path, capsys):
     stats = train.main(args_for(tiny_pose, tmp_path / "run", "--epochs", "1"))
-    assert set(stats) == {"All", "1", "2"}
+    assert list(stats) == ["All", "All+ref", "1", "2"]  # pose adds the hm_hp-refined max row
     run = tmp_path / "run"
     lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and {"hm", "hps", "total", "lr", "time", "AP"} <= set(lines[0])
@@ -43,6 +43,10 @@ def test_train_checkpoint_evaluate(tiny_pose, tmp_path, capsys):
     again = evaluate.main(["--checkpoint", str(run / "ckpt.pt"), "--ann", tiny_pose[0],
                            "--images", tiny_pose[1], "--out", str(tmp_path / "eval")])
     assert again["All"] == pytest.approx(stats["All"])  # same model, same split, same AP
+    refined = evaluate.main(["--checkpoint", str(run / "ckpt.pt"), "--ann", tiny_pose[0], "--refine",
+                             "--images", tiny_pose[1], "--out", str(tmp_path / "eval_refined")])
+    assert refined["All"] == pytest.approx(stats["All+ref"])
+    assert lines[0]["AP_refined"] == pytest.approx(stats["All+ref"][0])
     assert (tmp_path / "eval" / "results.json").exists()
 
 
