@@ -63,6 +63,28 @@ def test_notebook_is_committed_without_outputs(path):
                        f"`jupyter nbconvert --clear-output --inplace notebooks/{path.name}`")
 
 
+def commented_markdown(nb):
+    """Markdown cells whose every line starts with "#" (a percent-format script's comment
+    block pasted as markdown): each line would render as a heading. [cell index]"""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        lines = [l for l in cell.source.splitlines() if l.strip()]
+        if cell.cell_type == "markdown" and len(lines) > 1 and all(l.startswith("#") for l in lines):
+            found.append(i)
+    return found
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_markdown_is_not_commented_code(path):
+    assert not commented_markdown(nbformat.read(path, as_version=4)), path.name
+
+
+def test_commented_markdown_check_can_fail():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title\n\nText with *emphasis*."),
+                                         nbformat.v4.new_markdown_cell("# # Title\n#\n# text")])
+    assert commented_markdown(nb) == [1]
+
+
 def test_stored_outputs_check_can_fail():
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_markdown_cell("text"),
