@@ -31,7 +31,7 @@ PRESETS = {
     "hourglass104": dict(input_size=512, batch_size=12, lr=2.5e-4),
     "dla34": dict(input_size=512, batch_size=32, lr=2e-4, epochs=140, lr_steps=[90, 120]),
     # CPU demos on the synthetic data: lr 2.5e-3 reached AP 0.09 after 5 epochs where 1e-3
-    # reached 0.01 (small_dla, pose, M = 3); 20 epochs of 2000 images take ~7 minutes on 2 cores.
+    # reached 0.01 (small_dla, pose, M = 3); 20 epochs of 2000 images take ~5.5 minutes on 2 cores.
     "small_hourglass": dict(input_size=128, batch_size=32, lr=2.5e-3),
     "small_dla": dict(input_size=128, batch_size=32, lr=2.5e-3),
 }
