@@ -64,6 +64,7 @@ class Config:
     eval_every: int = 0
     compile: bool = False
     max_images: int = 0
+    init: str = ""
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -89,6 +90,21 @@ def save_checkpoint(path, model, optimizer, epoch, cfg, history):
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "config": dataclasses.asdict(cfg), "history": history}, tmp)
     os.replace(tmp, path)
+
+
+def init_from(model, path):
+    """Start from another run's weights (CenterNet's --load_model): every tensor whose name
+    and shape match is copied; the others (e.g. the mixture heads when the run was the
+    base) keep their fresh initialisation. Returns (copied, skipped) names; raises if
+    nothing matches."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    source = state.get("model", state)
+    own = model.state_dict()
+    copied = [k for k, v in source.items() if k in own and own[k].shape == v.shape]
+    if not copied:
+        raise SystemExit(f"--init {path}: no tensor matches this model (another architecture?)")
+    model.load_state_dict({k: source[k] for k in copied}, strict=False)
+    return copied, [k for k in own if k not in copied]
 
 
 def setup_distributed():
@@ -189,6 +205,11 @@ def train(cfg, resume=False):
     cfg.num_classes, cfg.num_joints = train_set.num_classes, train_set.num_joints
     heads = md.head_channels(cfg.task, cfg.m, cfg.num_classes, cfg.num_joints or 17)
     model = build_model(cfg.arch, heads).to(device)
+    if cfg.init and not resume:
+        copied, skipped = init_from(model, cfg.init)
+        if rank == 0:
+            fresh = sorted({k.rsplit(".", 1)[0] for k in skipped})   # layers, e.g. heads.mdn_sigma.0
+            print(f"--init {cfg.init}: copied {len(copied)} tensors; fresh: {', '.join(fresh) or 'none'}")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start_epoch, history = 0, []
     if resume:
@@ -294,6 +315,8 @@ def parse_args(argv=None):
     r = p.add_argument_group("run")
     r.add_argument("--out", help="output folder (default runs/<task>_m<M>)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    r.add_argument("--init", help="start from the weights of another run's ckpt.pt (fine-tuning; tensors whose "
+                                  "name or shape differ, e.g. mixture heads after a --m 0 run, start fresh)")
     r.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs (default: only at the end)")
@@ -338,7 +361,7 @@ def config_from_args(args):
                   sigma_floor=args.sigma_floor if args.sigma_floor is not None else md.default_sigma_floor(args.task),
                   loss_weights=weights, workers=args.workers, seed=args.seed,
                   out=args.out or f"runs/{args.task}_m{args.m}", eval_every=args.eval_every,
-                  compile=args.compile, max_images=args.max_images)
+                  compile=args.compile, max_images=args.max_images, init=args.init or "")
 
 
 def main(argv=None):

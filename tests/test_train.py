@@ -98,3 +98,28 @@ def test_torchrun_two_processes_gloo(tiny_pose, tmp_path):
     lines = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
     assert len(lines) == 1 and "AP" in json.loads(lines[0])
     assert torch.load(tmp_path / "ddp" / "ckpt.pt", weights_only=True)["epoch"] == 0
+
+
+def test_init_from_a_base_run_copies_the_shared_weights(tiny_pose, tmp_path, capsys):
+    argv = args_for(tiny_pose, tmp_path / "base", "--epochs", "1")
+    argv[argv.index("--m") + 1] = "0"                           # the single-mode base
+    train.main(argv)
+    base = torch.load(tmp_path / "base" / "ckpt.pt", weights_only=True)["model"]
+    model = train.build_model("small_dla", md.head_channels("pose", 2, 1, 17))
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    copied, skipped = train.init_from(model, tmp_path / "base" / "ckpt.pt")
+    own = model.state_dict()
+    assert copied and all(torch.equal(own[k], base[k]) for k in copied)
+    # the mixture heads and the 2x wider hps output layer cannot come from the base
+    assert {"heads.mdn_sigma.0.weight", "heads.mdn_logits.2.bias", "heads.hps.2.weight"} <= set(skipped)
+    assert "heads.hps.0.weight" in copied                        # same shape: the hidden conv is copied
+    assert all(torch.equal(own[k], fresh[k]) for k in skipped)
+    train.main(args_for(tiny_pose, tmp_path / "mdn", "--epochs", "1", "--init", str(tmp_path / "base" / "ckpt.pt")))
+    assert "heads.mdn_sigma.0" in capsys.readouterr().out
+
+
+def test_init_from_an_unrelated_file_fails_clearly(tmp_path):
+    torch.save({"model": {"not.a.layer": torch.zeros(3)}}, tmp_path / "other.pt")
+    model = train.build_model("small_dla", md.head_channels("pose", 2, 1, 17))
+    with pytest.raises(SystemExit, match="no tensor matches"):
+        train.init_from(model, tmp_path / "other.pt")
