@@ -5,7 +5,8 @@
     python bench.py --device cuda   # adds 512x512 bf16 rows for the paper's networks
 
 Rows: a training step (forward + backward + Adam) per architecture preset and rung of
-the --m ladder (the MDN_3 vs base overhead, target <= 5 %), NMS-free decoding per image,
+the --m ladder (the MDN_3 vs base overhead, target <= 5 %, in time and in forward FLOPs:
+the FLOPs do not depend on the machine), NMS-free decoding per image,
 inference FPS, and data-loader images/s per worker (target >= 150 at 512 px). Each row
 runs in its own subprocess so that "peak MB" is that row's own peak (CPU: max RSS of the
 process; CUDA: torch.cuda.max_memory_allocated). Timings are the median of the measured
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import mdn_dense as md
 
@@ -92,8 +94,11 @@ def row_train(arch, task, m, size, batch, device, warmup, iters):
     s_train = timed(step, warmup, iters, cuda)
     model.eval()
     s_fwd = timed(forward, warmup, iters, cuda)
+    counter = FlopCounterMode(display=False)  # counts the matmuls / convs of one forward
+    with counter:
+        forward()
     return {"train ms/img": 1000 * s_train / batch, "fwd ms/img": 1000 * s_fwd / batch,
-            "FPS": batch / s_fwd}
+            "FPS": batch / s_fwd, "fwd GFLOP/img": counter.get_total_flops() / batch / 1e9}
 
 
 def row_decode(task, m, size, device, warmup, iters):
@@ -178,7 +183,7 @@ def main(argv=None):
     name = lambda s: " ".join(str(s[k]) for k in ("kind", "arch", "task", "m", "size", "batch", "device") if k in s)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           + (torch.cuda.get_device_name() if args.device == "cuda" else "CPU") + f", {torch.get_num_threads()} threads")
-    cols = ["train ms/img", "fwd ms/img", "FPS", "decode ms/img", "loader img/s/worker", "peak MB"]
+    cols = ["train ms/img", "fwd ms/img", "fwd GFLOP/img", "FPS", "decode ms/img", "loader img/s/worker", "peak MB"]
     print(f"{'row':<42}" + "".join(f"{c:>20}" for c in cols))
     results = []
     for spec in rows(args):
@@ -191,7 +196,7 @@ def main(argv=None):
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append({"row": name(spec), **res})
-        print(f"{name(spec):<42}" + "".join(f"{res[c]:>20.1f}" if c in res else f"{'':>20}" for c in cols)
+        print(f"{name(spec):<42}" + "".join(f"{res[c]:>20.{2 if 'GFLOP' in c else 1}f}" if c in res else f"{'':>20}" for c in cols)
               + (f"  {res['note']}" if "note" in res else ""))
     by_name = {r["row"]: r for r in results}
     for arch in ("small_dla", "small_hourglass", "dla34", "hourglass104"):
@@ -201,7 +206,9 @@ def main(argv=None):
                 mdn = [r for n, r in by_name.items() if n.startswith(f"train {arch} {task} 3 {size} ")]
                 if base and mdn:
                     over = 100 * (mdn[0]["train ms/img"] / base[0]["train ms/img"] - 1)
-                    print(f"MDN_3 vs base train-step overhead, {arch} {task} {size}px: {over:+.1f} %")
+                    flops = 100 * (mdn[0]["fwd GFLOP/img"] / base[0]["fwd GFLOP/img"] - 1)
+                    print(f"MDN_3 vs base train-step overhead, {arch} {task} {size}px: {over:+.1f} % "
+                          f"(forward FLOPs {flops:+.1f} %)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

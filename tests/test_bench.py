@@ -2,7 +2,13 @@
 speed targets are read off the table, never tested)."""
 import json
 
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
 import bench
+import mdn_dense as md
+import train
 
 
 def test_every_architecture_has_a_base_and_mdn3_pair():
@@ -19,4 +25,28 @@ def test_table_and_overhead_line(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [r["row"] for r in rows] == ["train small_dla det 0 128 32 cpu", "train small_dla det 3 128 32 cpu"]
     assert all(r["train ms/img"] > 0 and r["peak MB"] > 0 for r in rows)
+    # FLOPs do not depend on the machine: the extra heads must cost something
+    assert rows[1]["fwd GFLOP/img"] > rows[0]["fwd GFLOP/img"] > 0
     assert "MDN_3 vs base train-step overhead, small_dla det 128px" in printed
+
+
+@pytest.mark.parametrize("task", ["det", "pose"])
+def test_mdn_flops_overhead_is_the_extra_heads(task):
+    """The MDN_3 - base forward FLOPs, counted by torch, equal a hand count of what MDN adds:
+    two heads (mdn_sigma: 3x3 conv c->256, 1x1 256->6; mdn_logits: 3x3 conv c->256, 1x1
+    256->3) and the 3x wider last layer of the regression head (2 -> 6 for det, 34 -> 102
+    for pose). A conv costs 2 * k*k * c_in * c_out FLOPs per output pixel."""
+    classes = 80 if task == "det" else 1
+    D = 2 if task == "det" else 34
+    flops = {}
+    for m in (0, 3):
+        model = train.build_model("small_dla", md.head_channels(task, m, classes, 17)).eval()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.zeros(1, 3, 128, 128))
+        flops[m] = counter.get_total_flops()
+    c, hidden, pixels = model.heads["hm"][0].in_channels, model.heads["hm"][0].out_channels, 32 * 32
+    conv = lambda k, cin, cout: 2 * k * k * cin * cout * pixels
+    extra = (conv(3, c, hidden) + conv(1, hidden, 6) + conv(3, c, hidden) + conv(1, hidden, 3)
+             + conv(1, hidden, 3 * D) - conv(1, hidden, D))
+    assert flops[3] - flops[0] == extra
