@@ -155,7 +155,9 @@ def infer_batch(model, batch, task, m, sigma_floor, cat_ids, rules=("max",), k=1
                 flip_idx=None, refine=False, oracle=False, num_classes=None, num_joints=0,
                 nms_method="gaussian", device=None):
     """One batch -> {rule: result dicts}. batch is a CocoDataset batch, or a list of batches
-    of the same images at several test scales (MultiScale), merged by soft-NMS."""
+    of the same images at several test scales (MultiScale), merged by soft-NMS. A rule is a
+    component rule ("max", "mean", an int) decoded with `refine`, or a pair (rule, refine)
+    that sets refinement for that rule alone (one forward pass serves both)."""
     views = batch if isinstance(batch, list) else [batch]
     results = {rule: [] for rule in rules}
     for view in views:
@@ -165,7 +167,8 @@ def infer_batch(model, batch, task, m, sigma_floor, cat_ids, rules=("max",), k=1
             x = view["input"].to(device or "cpu", non_blocking=True)
             out = network_outputs(model, x, task, m, flip, flip_idx)
         for rule in rules:
-            results[rule].extend(decode_results(out, view, task, m, sigma_floor, cat_ids, rule, k, refine))
+            how, ref = rule if isinstance(rule, tuple) else (rule, refine)
+            results[rule].extend(decode_results(out, view, task, m, sigma_floor, cat_ids, how, k, ref))
     if len(views) > 1:
         results = {rule: merge_scales(res, k, nms_method) for rule, res in results.items()}
     return results

@@ -164,13 +164,11 @@ def evaluate_model(model, val, cfg, rank, world, device, progress):
     sampler = torch.utils.data.DistributedSampler(val, world, rank, shuffle=False)
     loader = torch.utils.data.DataLoader(val, batch_size=16, sampler=sampler, num_workers=cfg.workers)
     net = model.module if hasattr(model, "module") else model
-    run = lambda rules, refine: predict(net, loader, cfg.task, cfg.m, cfg.sigma_floor, val.cat_ids, device,
-                                        components=rules, flip_idx=getattr(val, "flip_idx", None),
-                                        refine=refine, progress=progress)
-    results = run(tuple(rows.values()), False)
     if cfg.task == "pose":
-        results["max+refine"] = run(("max",), True)["max"]
-        rows = {"All": rows.pop("All"), "All+ref": "max+refine", **rows}
+        rows = {"All": rows.pop("All"), "All+ref": ("max", True), **rows}
+    results = predict(net, loader, cfg.task, cfg.m, cfg.sigma_floor, val.cat_ids, device,
+                      components=tuple(rows.values()), flip_idx=getattr(val, "flip_idx", None),
+                      progress=progress)
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, results)

@@ -1,5 +1,6 @@
 """bench.py runs its rows in subprocesses and prints one table (timings are not asserted:
 speed targets are read off the table, never tested)."""
+import argparse
 import json
 
 import pytest
@@ -12,7 +13,7 @@ import train
 
 
 def test_every_architecture_has_a_base_and_mdn3_pair():
-    specs = [s for s in bench.rows(type("A", (), {"device": "cpu", "quick": True})()) if s["kind"] == "train"]
+    specs = [s for s in bench.rows(argparse.Namespace(device="cpu", quick=True)) if s["kind"] == "train"]
     for arch in ("small_dla", "small_hourglass", "dla34", "hourglass104"):
         ms = {s["m"] for s in specs if s["arch"] == arch}
         assert ms == {0, 3}, arch

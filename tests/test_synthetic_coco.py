@@ -37,6 +37,13 @@ def _joint(ann, k):
     return np.array(ann["keypoints"][3 * k:3 * k + 3])
 
 
+def _forearm_colours(data, image_dir):
+    """[(is_left_forearm, (r, g, b))] at the midpoint of every figure's two forearms."""
+    files = {img["id"]: img["file_name"] for img in data["images"]}
+    return [(left, _pixel(image_dir, files[a["image_id"]], (_joint(a, elbow)[:2] + _joint(a, wrist)[:2]) / 2))
+            for a in data["annotations"] for elbow, wrist, left in ((7, 9, True), (8, 10, False))]
+
+
 def test_scale_bin_uses_coco_thresholds():
     assert [sc.scale_bin(a) for a in (1, 1023, 1024, 9215, 9216, 20000)] == [0, 0, 1, 1, 2, 2]
 
@@ -132,12 +139,7 @@ def test_cues_are_drawn_limb_colours_and_face(tmp_path):
                                           truncate_fraction=0.0, cue_free_fraction=0.0)
     data = _load(ann_file)
     files = {img["id"]: img["file_name"] for img in data["images"]}
-    votes = []
-    for a in data["annotations"]:
-        for elbow, wrist, warm in ((7, 9, True), (8, 10, False)):  # forearm midpoints
-            mid = (_joint(a, elbow)[:2] + _joint(a, wrist)[:2]) / 2
-            r, g, b = _pixel(image_dir, files[a["image_id"]], mid)
-            votes.append((r > b) == warm)
+    votes = [(r > b) == warm for warm, (r, g, b) in _forearm_colours(data, image_dir)]
     assert np.mean(votes) >= 0.8
     # front views show a face: the eyes are dark dots on a light head
     eyes = [_pixel(image_dir, files[a["image_id"]], _joint(a, eye)[:2]).sum() < 300
@@ -153,12 +155,8 @@ def test_cue_free_fraction_controls_the_cues(tmp_path):
                                           truncate_fraction=0.0, cue_free_fraction=1.0)
     data = _load(ann_file)
     files = {img["id"]: img["file_name"] for img in data["images"]}
-    greens = []
-    for a in data["annotations"]:
-        for elbow, wrist in ((7, 9), (8, 10)):  # both sides in the same (green) colour family
-            mid = (_joint(a, elbow)[:2] + _joint(a, wrist)[:2]) / 2
-            r, g, b = _pixel(image_dir, files[a["image_id"]], mid)
-            greens.append(g > r and g > b)
+    # both sides in the same (green) colour family
+    greens = [g > r and g > b for _, (r, g, b) in _forearm_colours(data, image_dir)]
     assert np.mean(greens) >= 0.8
     faceless = [_pixel(image_dir, files[a["image_id"]], _joint(a, eye)[:2]).sum() > 450
                 for a in data["annotations"] if a["viewpoint"] == "front" for eye in (1, 2)]
