@@ -6,7 +6,8 @@
 
 Rows: a training step (forward + backward + Adam) per architecture preset and rung of
 the --m ladder (the MDN_3 vs base overhead, target <= 5 %, in time and in forward FLOPs:
-the FLOPs do not depend on the machine), NMS-free decoding per image,
+the FLOPs do not depend on the machine; for the official separate heads and for
+--mdn-head shared), NMS-free decoding per image,
 inference FPS, and data-loader images/s per worker (target >= 150 at 512 px). Each row
 runs in its own subprocess so that "peak MB" is that row's own peak (CPU: max RSS of the
 process; CUDA: torch.cuda.max_memory_allocated). Timings are the median of the measured
@@ -64,10 +65,10 @@ def synthetic_batch(task, m, B, size, device, num_classes):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def row_train(arch, task, m, size, batch, device, warmup, iters):
+def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"):
     from train import build_model
     num_classes = 80 if task == "det" else 1
-    model = build_model(arch, md.head_channels(task, m, num_classes, 17)).to(device)
+    model = build_model(arch, md.head_channels(task, m, num_classes, 17, mdn_head=head)).to(device)
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -133,7 +134,8 @@ def run_row(spec):
     device = torch.device(spec["device"])
     kind, w, it = spec["kind"], spec["warmup"], spec["iters"]
     if kind == "train":
-        res = row_train(spec["arch"], spec["task"], spec["m"], spec["size"], spec["batch"], device, w, it)
+        res = row_train(spec["arch"], spec["task"], spec["m"], spec["size"], spec["batch"], device, w, it,
+                        spec.get("head", "separate"))
     elif kind == "decode":
         res = row_decode(spec["task"], spec["m"], spec["size"], device, w, it)
     else:
@@ -149,18 +151,19 @@ def rows(args):
     dev, q = args.device, args.quick
     w, it = (1, 2) if q else (2, 5)
     specs = []
+    # Every base row has an MDN_3 partner with the official heads and one with the shared
+    # head (--mdn-head shared), so both overheads are printed.
+    ladder = [dict(m=0), dict(m=3), dict(m=3, head="shared")]
     for arch in ("small_dla", "small_hourglass"):
-        for task, m in (("pose", 0), ("pose", 3), ("det", 0), ("det", 3)):
-            specs.append(dict(kind="train", arch=arch, task=task, m=m, size=128, batch=32))
-    # The paper's networks at a CPU-sized input: base and MDN_3 in pairs, so the overhead is
-    # also measured where the heads are a small share of the network.
-    for m in (0, 3):
-        specs += [dict(kind="train", arch="dla34", task="det", m=m, size=128, batch=4),
-                  dict(kind="train", arch="hourglass104", task="pose", m=m, size=128, batch=2)]
+        for task in ("pose", "det"):
+            specs += [dict(kind="train", arch=arch, task=task, size=128, batch=32, **r) for r in ladder]
+    # The paper's networks at a CPU-sized input, where the heads are a smaller share.
+    for arch, task, b in (("dla34", "det", 4), ("hourglass104", "pose", 2)):
+        specs += [dict(kind="train", arch=arch, task=task, size=128, batch=b, **r) for r in ladder]
     if dev == "cuda":
         for arch, b in (("dla34", 32), ("hourglass104", 12)):
-            for task, m in (("det", 0), ("det", 3), ("pose", 0), ("pose", 3)):
-                specs.append(dict(kind="train", arch=arch, task=task, m=m, size=512, batch=b))
+            for task in ("det", "pose"):
+                specs += [dict(kind="train", arch=arch, task=task, size=512, batch=b, **r) for r in ladder]
     for task in ("det", "pose"):
         specs.append(dict(kind="decode", task=task, m=3, size=512))
         specs.append(dict(kind="loader", task=task, size=512, device="cpu"))
@@ -180,7 +183,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.row:
         return run_row(json.loads(args.row))
-    name = lambda s: " ".join(str(s[k]) for k in ("kind", "arch", "task", "m", "size", "batch", "device") if k in s)
+    name = lambda s: " ".join(str(s[k]) for k in ("kind", "arch", "task", "m", "head", "size", "batch", "device")
+                              if k in s)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           + (torch.cuda.get_device_name() if args.device == "cuda" else "CPU") + f", {torch.get_num_threads()} threads")
     cols = ["train ms/img", "fwd ms/img", "fwd GFLOP/img", "FPS", "decode ms/img", "loader img/s/worker", "peak MB"]
@@ -203,12 +207,13 @@ def main(argv=None):
         for task in ("det", "pose"):
             for size in (128, 512):
                 base = [r for n, r in by_name.items() if n.startswith(f"train {arch} {task} 0 {size} ")]
-                mdn = [r for n, r in by_name.items() if n.startswith(f"train {arch} {task} 3 {size} ")]
-                if base and mdn:
-                    over = 100 * (mdn[0]["train ms/img"] / base[0]["train ms/img"] - 1)
-                    flops = 100 * (mdn[0]["fwd GFLOP/img"] / base[0]["fwd GFLOP/img"] - 1)
-                    print(f"MDN_3 vs base train-step overhead, {arch} {task} {size}px: {over:+.1f} % "
-                          f"(forward FLOPs {flops:+.1f} %)")
+                for label, key in (("MDN_3", "3"), ("MDN_3 shared head", "3 shared")):
+                    mdn = [r for n, r in by_name.items() if n.startswith(f"train {arch} {task} {key} {size} ")]
+                    if base and mdn:
+                        over = 100 * (mdn[0]["train ms/img"] / base[0]["train ms/img"] - 1)
+                        flops = 100 * (mdn[0]["fwd GFLOP/img"] / base[0]["fwd GFLOP/img"] - 1)
+                        print(f"{label} vs base train-step overhead, {arch} {task} {size}px: {over:+.1f} % "
+                              f"(forward FLOPs {flops:+.1f} %)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

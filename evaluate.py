@@ -267,7 +267,8 @@ def load_model(checkpoint, device):
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = ckpt["config"]
     model = build_model(cfg["arch"], md.head_channels(cfg["task"], cfg["m"], cfg["num_classes"],
-                                                      cfg["num_joints"] or 17))
+                                                      cfg["num_joints"] or 17,
+                                                      mdn_head=cfg.get("mdn_head", "separate")))
     model.load_state_dict(ckpt["model"])
     return model.to(device), cfg
 
@@ -312,7 +313,8 @@ def parse_args(argv=None):
     data.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (quick checks; default all)")
     inf = p.add_argument_group("inference")
     inf.add_argument("--component", default="max", help="'max' (paper), 'mean', or a 1-based component index for the All row")
-    inf.add_argument("--flip", action="store_true", help="left-right flip test")
+    inf.add_argument("--flip", action="store_true", help="left-right flip test (not on the synthetic figures: "
+                                                         "their colour-coded sides make the mirror image unlike any figure)")
     inf.add_argument("--refine", action="store_true", help="pose: snap joints to hm_hp peaks (CenterNet refinement)")
     inf.add_argument("--scales", type=float, nargs="+", help="multi-scale test, e.g. 0.5 0.75 1 1.25 1.5 (S5) or 0.75 1 1.25 (S3): input_size * s per scale, merged with soft-NMS (default: one scale, no NMS)")
     inf.add_argument("--soft-nms", choices=["gaussian", "linear"], default="gaussian", help="soft-NMS decay for --scales: gaussian exp(-IoU^2/0.5) (CenterNet's) or linear 1 - IoU above IoU 0.5")

@@ -118,11 +118,14 @@ def mdn_nll(target, mu, sigma, log_alpha, mask=None, kpt_scale=None):
 
 
 # ----------------------------------------------------------------------------- heads
-def head_channels(task, m, num_classes=80, num_joints=17, refine=True):
+def head_channels(task, m, num_classes=80, num_joints=17, refine=True, mdn_head="separate"):
     """Head name -> output channels for a task and a rung of the --m ladder.
 
     m = 0 is the single-mode CenterNet base (L1 regression, no mixture heads);
     m >= 1 is MDN_m. Names follow CenterNet: hm, reg, wh, hps, hm_hp, hp_offset.
+    mdn_head "separate" gives mu, sigma and the logits a head each (the official layout:
+    two more 256-channel 3x3 convs); "shared" (not the paper's) groups them under "mdn",
+    {name: channels}, one head whose hidden layer feeds all three (see Heads).
     """
     if m < 0:
         raise ValueError(f"--m must be >= 0, got {m}")
@@ -137,6 +140,10 @@ def head_channels(task, m, num_classes=80, num_joints=17, refine=True):
         raise ValueError(f"task must be 'det' or 'pose', got {task!r}")
     if m >= 1:
         heads.update(mdn_sigma=2 * m, mdn_logits=m)
+        if mdn_head == "shared":
+            heads["mdn"] = {k: heads.pop(k) for k in (regression_key(task), "mdn_sigma", "mdn_logits")}
+        elif mdn_head != "separate":
+            raise ValueError(f"mdn_head must be 'separate' or 'shared', got {mdn_head!r}")
     return heads
 
 
@@ -161,15 +168,26 @@ def check_input(x, multiple):
 
 
 class Heads(nn.ModuleDict):
-    """All heads on one feature map: forward(x (B, in, H, W)) -> {name: (B, ch, H, W)}."""
+    """All heads on one feature map: forward(x (B, in, H, W)) -> {name: (B, ch, H, W)}.
+    A group {name: ch} is one head whose output channels are split among its names, so
+    the rest of the code sees the same outputs whichever mdn_head built them."""
 
     def __init__(self, heads, in_channels, head_conv=256):
-        super().__init__({name: Head(in_channels, ch, head_conv,
+        width = lambda ch: sum(ch.values()) if isinstance(ch, dict) else ch
+        super().__init__({name: Head(in_channels, width(ch), head_conv,
                                      HEATMAP_PRIOR_BIAS if name in ("hm", "hm_hp") else None)
                           for name, ch in heads.items()})
+        self.groups = {name: ch for name, ch in heads.items() if isinstance(ch, dict)}
 
     def forward(self, x):
-        return {name: head(x) for name, head in self.items()}
+        out = {}
+        for name, head in self.items():
+            y = head(x)                                                # (B, ch, H, W)
+            if name in self.groups:
+                out.update(zip(self.groups[name], y.split(list(self.groups[name].values()), 1)))
+            else:
+                out[name] = y
+        return out
 
 
 def regression_key(task):

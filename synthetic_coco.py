@@ -38,9 +38,12 @@ border, 50% back views (COCO is ~73/27, balanced shows both modes best), 20% cue
 bimodality; each is a coin flip for any model, capping AP near 1 - 0.2 / 2 = 0.9). Generating the
 default demo set (2000 train + 250 val images) takes about 5 s of CPU per task.
 
-Caveat: a horizontal flip swaps the left/right labels, so under flip augmentation limb colour no
-longer tells the side and only the face/hair cue tells the viewpoint (real viewpoint cues are
-flip-invariant, colour-coded sides are not).
+Caveat: the figures are chiral. A horizontal flip swaps the left/right labels but not the colours,
+so a mirrored figure has warm limbs labelled right: an image this generator never draws (real
+people and the shapes are mirror-symmetric, colour-coded sides are not). train.py therefore does
+not flip-augment this set by default (--flip-prob), and evaluate.py --flip does not suit it.
+With flip augmentation the limb colours stop telling the viewpoint, only the face/hair cue at
+the head does, and MDN_3 trained from scratch never learns to pick its component (README).
 """
 import colorsys
 import hashlib

@@ -65,6 +65,8 @@ class Config:
     compile: bool = False
     max_images: int = 0
     init: str = ""
+    mdn_head: str = "separate"
+    flip_prob: float = 0.5
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -121,7 +123,8 @@ def setup_distributed():
 
 
 def datasets(cfg):
-    train = CocoDataset(cfg.ann, cfg.images, cfg.task, train=True, input_size=cfg.input_size)
+    train = CocoDataset(cfg.ann, cfg.images, cfg.task, train=True, input_size=cfg.input_size,
+                        flip_prob=cfg.flip_prob)
     val = CocoDataset(cfg.val_ann, cfg.val_images, cfg.task, train=False, input_size=cfg.input_size)
     if cfg.max_images:
         train.image_ids = train.image_ids[:cfg.max_images]
@@ -201,7 +204,7 @@ def train(cfg, resume=False):
     torch.manual_seed(cfg.seed)
     train_set, val_set = datasets(cfg)
     cfg.num_classes, cfg.num_joints = train_set.num_classes, train_set.num_joints
-    heads = md.head_channels(cfg.task, cfg.m, cfg.num_classes, cfg.num_joints or 17)
+    heads = md.head_channels(cfg.task, cfg.m, cfg.num_classes, cfg.num_joints or 17, mdn_head=cfg.mdn_head)
     model = build_model(cfg.arch, heads).to(device)
     if cfg.init and not resume:
         copied, skipped = init_from(model, cfg.init)
@@ -305,6 +308,15 @@ def parse_args(argv=None):
     a.add_argument("--lr", type=float, help="Adam learning rate for the whole batch (default: the preset's)")
     a.add_argument("--batch-size", type=int, help="global batch size, split over torchrun processes; the lr is for this batch (default: the preset's: 12 hourglass104, 32 dla34)")
     a.add_argument("--input-size", type=int, help="training input side in pixels (default: 512 real data, 128 synthetic)")
+    a.add_argument("--mdn-head", choices=["separate", "shared"], default="separate",
+                   help="separate (default, the paper's): mu, sigma and the mixture logits each get a head "
+                        "(3x3 conv + 1x1), as in the official code; shared (not the paper's): one head's "
+                        "3x3 hidden layer feeds all three, so MDN adds only output channels")
+    a.add_argument("--flip-prob", type=float,
+                   help="probability of the horizontal-flip augmentation. Default 0.5 (CenterNet's), but 0 "
+                        "on the synthetic pose set: its figures colour-code the sides (left limbs warm), "
+                        "so a mirrored figure is one the generator never draws, with the sides' colours "
+                        "contradicting their labels")
     l = p.add_argument_group("loss (defaults: the paper's / official values)")
     l.add_argument("--sigma-floor", type=float, help="sigma > floor (§4.2); default 1 for det, 9 for pose (official mdn_min_sigma = floor + 1)")
     for name, default in [("hm", 1.0), ("reg", 1.0), ("wh", 0.1), ("hm-hp", 1.0), ("hp-offset", 1.0)]:
@@ -348,6 +360,11 @@ def config_from_args(args):
         preset.update(epochs=epochs, lr_steps=[epochs - 10])
     preset.setdefault("epochs", SYNTHETIC_EPOCHS[args.task])
     preset.setdefault("lr_steps", [math.ceil(preset["epochs"] * 0.75)])
+    # A flip must give an image the data could contain. Real people and the synthetic shapes
+    # are mirror-symmetric; the synthetic figures are not (warm colours mark the left side).
+    flip_prob = args.flip_prob if args.flip_prob is not None else 0.0 if not real and args.task == "pose" else 0.5
+    if not 0 <= flip_prob <= 1:
+        raise SystemExit(f"--flip-prob {flip_prob}: must be between 0 and 1")
     weights = {k: getattr(args, "w_" + k) for k in ("hm", "reg", "wh", "hps", "hm_hp", "hp_offset")
                if getattr(args, "w_" + k) is not None}
     return Config(task=args.task, m=args.m, arch=arch, ann=str(ann), images=str(images),
@@ -359,7 +376,8 @@ def config_from_args(args):
                   sigma_floor=args.sigma_floor if args.sigma_floor is not None else md.default_sigma_floor(args.task),
                   loss_weights=weights, workers=args.workers, seed=args.seed,
                   out=args.out or f"runs/{args.task}_m{args.m}", eval_every=args.eval_every,
-                  compile=args.compile, max_images=args.max_images, init=args.init or "")
+                  compile=args.compile, max_images=args.max_images, init=args.init or "",
+                  mdn_head=args.mdn_head, flip_prob=flip_prob)
 
 
 def main(argv=None):

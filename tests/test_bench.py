@@ -12,11 +12,11 @@ import mdn_dense as md
 import train
 
 
-def test_every_architecture_has_a_base_and_mdn3_pair():
+def test_every_architecture_has_a_base_and_two_mdn3_rows():
     specs = [s for s in bench.rows(argparse.Namespace(device="cpu", quick=True)) if s["kind"] == "train"]
     for arch in ("small_dla", "small_hourglass", "dla34", "hourglass104"):
-        ms = {s["m"] for s in specs if s["arch"] == arch}
-        assert ms == {0, 3}, arch
+        ms = sorted((s["m"], s.get("head", "")) for s in specs if s["arch"] == arch)
+        assert set(ms) == {(0, ""), (3, ""), (3, "shared")}, arch
 
 
 def test_table_and_overhead_line(tmp_path, capsys):
@@ -24,30 +24,34 @@ def test_table_and_overhead_line(tmp_path, capsys):
     bench.main(["--quick", "--only", "small_dla det", "--json", str(out)])
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())
-    assert [r["row"] for r in rows] == ["train small_dla det 0 128 32 cpu", "train small_dla det 3 128 32 cpu"]
+    assert [r["row"] for r in rows] == ["train small_dla det 0 128 32 cpu", "train small_dla det 3 128 32 cpu",
+                                        "train small_dla det 3 shared 128 32 cpu"]
     assert all(r["train ms/img"] > 0 and r["peak MB"] > 0 for r in rows)
-    # FLOPs do not depend on the machine: the extra heads must cost something
-    assert rows[1]["fwd GFLOP/img"] > rows[0]["fwd GFLOP/img"] > 0
+    # FLOPs do not depend on the machine: the extra heads must cost something, the shared less
+    assert rows[1]["fwd GFLOP/img"] > rows[2]["fwd GFLOP/img"] > rows[0]["fwd GFLOP/img"] > 0
     assert "MDN_3 vs base train-step overhead, small_dla det 128px" in printed
+    assert "MDN_3 shared head vs base train-step overhead, small_dla det 128px" in printed
 
 
 @pytest.mark.parametrize("task", ["det", "pose"])
 def test_mdn_flops_overhead_is_the_extra_heads(task):
-    """The MDN_3 - base forward FLOPs, counted by torch, equal a hand count of what MDN adds:
-    two heads (mdn_sigma: 3x3 conv c->256, 1x1 256->6; mdn_logits: 3x3 conv c->256, 1x1
-    256->3) and the 3x wider last layer of the regression head (2 -> 6 for det, 34 -> 102
-    for pose). A conv costs 2 * k*k * c_in * c_out FLOPs per output pixel."""
+    """The MDN_3 - base forward FLOPs, counted by torch, equal a hand count of what MDN adds.
+    Separate heads: two heads (mdn_sigma: 3x3 conv c->256, 1x1 256->6; mdn_logits: 3x3
+    conv c->256, 1x1 256->3) and the 3x wider last layer of the regression head (2 -> 6 for
+    det, 34 -> 102 for pose). Shared head: only the wider last layer, 256 -> 3D + 6 + 3.
+    A conv costs 2 * k*k * c_in * c_out FLOPs per output pixel."""
     classes = 80 if task == "det" else 1
     D = 2 if task == "det" else 34
     flops = {}
-    for m in (0, 3):
-        model = train.build_model("small_dla", md.head_channels(task, m, classes, 17)).eval()
+    for m, head in ((0, "separate"), (3, "separate"), (3, "shared")):
+        model = train.build_model("small_dla", md.head_channels(task, m, classes, 17, mdn_head=head)).eval()
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             model(torch.zeros(1, 3, 128, 128))
-        flops[m] = counter.get_total_flops()
+        flops[m, head] = counter.get_total_flops()
     c, hidden, pixels = model.heads["hm"][0].in_channels, model.heads["hm"][0].out_channels, 32 * 32
     conv = lambda k, cin, cout: 2 * k * k * cin * cout * pixels
     extra = (conv(3, c, hidden) + conv(1, hidden, 6) + conv(3, c, hidden) + conv(1, hidden, 3)
              + conv(1, hidden, 3 * D) - conv(1, hidden, D))
-    assert flops[3] - flops[0] == extra
+    assert flops[3, "separate"] - flops[0, "separate"] == extra
+    assert flops[3, "shared"] - flops[0, "separate"] == conv(1, hidden, 3 * D + 6 + 3) - conv(1, hidden, D)

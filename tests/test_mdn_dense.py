@@ -155,6 +155,28 @@ def test_head_channels_ladder():
     assert torch.all(heads["hm"][-1].bias == -2.19) and torch.all(heads["hps"][-1].bias == 0)
 
 
+@pytest.mark.parametrize("task", ["det", "pose"])
+def test_shared_mdn_head_splits_one_output_into_the_separate_names(task):
+    """--mdn-head shared: one head's output, split in the order mu, sigma, logits, gives
+    the same names and shapes as the official separate heads."""
+    separate = md.head_channels(task, 3, num_classes=4, num_joints=17)
+    shared = md.head_channels(task, 3, num_classes=4, num_joints=17, mdn_head="shared")
+    key = md.regression_key(task)
+    assert shared["mdn"] == {key: separate[key], "mdn_sigma": 6, "mdn_logits": 3}
+    assert key not in shared and "mdn_sigma" not in shared
+    torch.manual_seed(0)
+    heads, x = md.Heads(shared, in_channels=8, head_conv=16), torch.randn(2, 8, 5, 7)
+    out = heads(x)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, c, 5, 7) for k, c in separate.items()}
+    whole = heads["mdn"](x)                                   # the one head, unsplit
+    assert torch.equal(out[key], whole[:, :separate[key]])
+    assert torch.equal(out["mdn_logits"], whole[:, -3:])
+    assert torch.equal(out["mdn_sigma"], whole[:, separate[key]:separate[key] + 6])
+    assert md.head_channels(task, 0, 4, 17, mdn_head="shared") == md.head_channels(task, 0, 4, 17)
+    with pytest.raises(ValueError, match="mdn_head"):
+        md.head_channels(task, 3, mdn_head="light")
+
+
 def planted_maps(task="det", M=3, K=2, H=16, W=20, C=2):
     """Hand-built raw outputs with two planted objects."""
     B = 1

@@ -50,6 +50,34 @@ def test_train_checkpoint_evaluate(tiny_pose, tmp_path, capsys):
     assert (tmp_path / "eval" / "results.json").exists()
 
 
+def test_shared_mdn_head_trains_and_evaluate_rebuilds_it(tiny_pose, tmp_path):
+    """--mdn-head shared is stored in the checkpoint's config, so evaluate.py builds the
+    same network and loads its weights (strict load: a wrong layout would raise)."""
+    run = tmp_path / "run"
+    stats = train.main(args_for(tiny_pose, run, "--epochs", "1", "--mdn-head", "shared"))
+    ckpt = torch.load(run / "ckpt.pt", weights_only=True)
+    assert ckpt["config"]["mdn_head"] == "shared" and "heads.mdn.0.weight" in ckpt["model"]
+    assert not any(k.startswith(("heads.hps.", "heads.mdn_sigma.")) for k in ckpt["model"])
+    again = evaluate.main(["--checkpoint", str(run / "ckpt.pt"), "--ann", tiny_pose[0],
+                           "--images", tiny_pose[1], "--out", str(tmp_path / "eval")])
+    assert again["All"] == pytest.approx(stats["All"])
+
+
+def test_flip_is_off_by_default_only_on_the_synthetic_figures(tiny_pose, monkeypatch):
+    """The synthetic figures colour-code their sides, so their mirror image is not a figure
+    the generator draws: flip defaults to 0 there, to CenterNet's 0.5 everywhere else."""
+    import synthetic_coco
+    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny_pose, "val": tiny_pose})
+    cfg = lambda *argv: train.config_from_args(train.parse_args(list(argv)))
+    assert cfg("--task", "pose").flip_prob == 0.0
+    assert cfg("--task", "det").flip_prob == 0.5
+    assert cfg("--task", "pose", "--ann", tiny_pose[0], "--images", tiny_pose[1]).flip_prob == 0.5
+    chosen = cfg("--task", "pose", "--flip-prob", "0.25")
+    assert chosen.flip_prob == 0.25 and train.datasets(chosen)[0].flip_prob == 0.25
+    with pytest.raises(SystemExit, match="--flip-prob"):
+        cfg("--flip-prob", "2")
+
+
 def test_existing_run_is_not_overwritten(tiny_pose, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
