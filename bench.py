@@ -188,7 +188,7 @@ def main(argv=None):
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           + (torch.cuda.get_device_name() if args.device == "cuda" else "CPU") + f", {torch.get_num_threads()} threads")
     cols = ["train ms/img", "fwd ms/img", "fwd GFLOP/img", "FPS", "decode ms/img", "loader img/s/worker", "peak MB"]
-    print(f"{'row':<42}" + "".join(f"{c:>20}" for c in cols))
+    print(f"{'row':<48}" + "".join(f"{c:>20}" for c in cols))
     results = []
     for spec in rows(args):
         if args.only and args.only not in name(spec):
@@ -196,11 +196,11 @@ def main(argv=None):
         proc = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)],
                               capture_output=True, text=True)
         if proc.returncode:
-            print(f"{name(spec):<42}  failed: {proc.stderr.strip().splitlines()[-1]}")
+            print(f"{name(spec):<48}  failed: {proc.stderr.strip().splitlines()[-1]}")
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append({"row": name(spec), **res})
-        print(f"{name(spec):<42}" + "".join(f"{res[c]:>20.{2 if 'GFLOP' in c else 1}f}" if c in res else f"{'':>20}" for c in cols)
+        print(f"{name(spec):<48}" + "".join(f"{res[c]:>20.{2 if 'GFLOP' in c else 1}f}" if c in res else f"{'':>20}" for c in cols)
               + (f"  {res['note']}" if "note" in res else ""))
     by_name = {r["row"]: r for r in results}
     for arch in ("small_dla", "small_hourglass", "dla34", "hourglass104"):
