@@ -27,6 +27,7 @@ the figures in plots.py.
 """
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -263,12 +264,11 @@ def build_dataset(task, input_size, data=None, ann=None, images=None, split="val
 
 def load_model(checkpoint, device):
     """A model and its training config from a train.py checkpoint."""
-    from train import build_model
+    from train import build_model, config_of
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    cfg = ckpt["config"]
+    cfg = dataclasses.asdict(config_of(ckpt["config"]))   # fields added since: their defaults
     model = build_model(cfg["arch"], md.head_channels(cfg["task"], cfg["m"], cfg["num_classes"],
-                                                      cfg["num_joints"] or 17,
-                                                      mdn_head=cfg.get("mdn_head", "separate")))
+                                                      cfg["num_joints"] or 17, mdn_head=cfg["mdn_head"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), cfg
 

@@ -70,6 +70,18 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- pieces
+def config_of(stored):
+    """A checkpoint's config dict -> Config. A field added to Config after the checkpoint was
+    written takes its default, which is always the behaviour from before the field existed
+    (flip_prob 0.5, mdn_head "separate", ...); a field this code does not know is an error."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(stored) - known)
+    if unknown:
+        raise ValueError(f"checkpoint config has fields this train.py does not know: {', '.join(unknown)} "
+                         f"(written by a newer version?)")
+    return Config(**stored)
+
+
 def build_model(arch, heads):
     """Architecture name -> network whose forward returns a list of head dicts."""
     from dla import dla34, dla_small
