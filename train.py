@@ -326,9 +326,9 @@ def parse_args(argv=None):
                         "3x3 hidden layer feeds all three, so MDN adds only output channels")
     a.add_argument("--flip-prob", type=float,
                    help="probability of the horizontal-flip augmentation. Default 0.5 (CenterNet's), but 0 "
-                        "on the synthetic pose set: its figures colour-code the sides (left limbs warm), "
+                        "on the synthetic demo pose set: its figures colour-code the sides (left limbs warm), "
                         "so a mirrored figure is one the generator never draws, with the sides' colours "
-                        "contradicting their labels")
+                        "contradicting their labels. Pass 0 for other figure sets given with --ann")
     l = p.add_argument_group("loss (defaults: the paper's / official values)")
     l.add_argument("--sigma-floor", type=float, help="sigma > floor (§4.2); default 1 for det, 9 for pose (official mdn_min_sigma = floor + 1)")
     for name, default in [("hm", 1.0), ("reg", 1.0), ("wh", 0.1), ("hm-hp", 1.0), ("hp-offset", 1.0)]:

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import coco_data as cd
 import evaluate
 import mdn_dense as md
 import train
@@ -76,6 +78,31 @@ def test_flip_is_off_by_default_only_on_the_synthetic_figures(tiny_pose, monkeyp
     assert chosen.flip_prob == 0.25 and train.datasets(chosen)[0].flip_prob == 0.25
     with pytest.raises(SystemExit, match="--flip-prob"):
         cfg("--flip-prob", "2")
+
+
+def test_a_flipped_figure_contradicts_its_colour_coded_sides(tmp_path):
+    """Why train.py does not flip-augment the synthetic figures by default: read through the
+    training pipeline (CocoDataset's input and hps targets), the forearm labelled left is
+    warm without the flip and cool with it, a figure the generator never draws."""
+    ann_file, image_dir = make_dataset(tmp_path, "figures", "train", 16, people=(1, 1),
+                                       truncate_fraction=0.0, cue_free_fraction=0.0)
+    warm_left = {}
+    for flip_prob in (0.0, 1.0):
+        ds = cd.CocoDataset(ann_file, image_dir, "pose", train=True, input_size=128, scales=(1.0,),
+                            random_center=False, flip_prob=flip_prob, color_aug=False)
+        W, votes = ds.out_size, []
+        for i in range(len(ds)):
+            s = ds.sample(i, np.random.default_rng(i))
+            hps, vis = s["hps"][0].view(17, 2), s["hps_mask"][0].view(17, 2)
+            if not (s["mask"][0] and vis[7].all() and vis[9].all()):  # left elbow, left wrist
+                continue
+            centre = torch.tensor([s["ind"][0] % W, s["ind"][0] // W], dtype=torch.float32)
+            x, y = ((centre + (hps[7] + hps[9]) / 2) * cd.STRIDE).long()   # left forearm, input pixels
+            r, _, b = s["input"][:, y, x].numpy() * cd.STD_RGB + cd.MEAN_RGB
+            votes.append(r > b)
+        assert len(votes) >= 10
+        warm_left[flip_prob] = np.mean(votes)
+    assert warm_left[0.0] >= 0.8 and warm_left[1.0] <= 0.2, warm_left
 
 
 def test_config_of_an_older_checkpoint_takes_the_defaults_of_newer_fields():
