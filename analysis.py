@@ -35,7 +35,6 @@ nothing) are nan and print as "-"; shares and counts of nothing are 0.
 """
 import contextlib
 import io
-from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -407,9 +406,9 @@ def format_latent(res):
     return "\n".join(parts)
 
 
-def run_all(results, coco_gt, task, keypoint_names=None, img_ids=None, out_dir=None, load_image=None, examples=4):
-    """Every analysis for the task: prints the tables, writes analysis.txt and the figures
-    (fig2_scale.png for det, fig5_examples.png) into out_dir when given. Returns the numbers."""
+def run_all(results, coco_gt, task, keypoint_names=None, img_ids=None):
+    """Every analysis for the task. Returns (the numbers, the text tables); the command that
+    asked for them (evaluate.py --analysis) prints them and writes the files."""
     found, texts = {}, ["no detections: the analyses are empty"] if not results else []
     if task == "det":
         found["fig2"] = component_scale(results, coco_gt, img_ids=img_ids)
@@ -425,16 +424,4 @@ def run_all(results, coco_gt, task, keypoint_names=None, img_ids=None, out_dir=N
     found["latent"] = latent_mode_agreement(results, coco_gt, task, img_ids=img_ids)
     if found["latent"]:
         texts.append(format_latent(found["latent"]))
-    text = "\n\n".join(texts)
-    print(text)
-    if out_dir is not None:
-        import plots
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "analysis.txt").write_text(text + "\n")
-        if task == "det":
-            plots.scale_distribution(found["fig2"], out_dir / "fig2_scale.png")
-        if load_image is not None and examples > 0:
-            ids = img_ids if img_ids is not None else sorted(coco_gt.getImgIds())
-            plots.examples(results, coco_gt, task, ids, load_image, out_dir / "fig5_examples.png", examples, keypoint_names)
-    return found
+    return found, "\n\n".join(texts)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-MDN, DATA = "tests/test_mdn_dense.py", "tests/test_coco_data.py"
+MDN, DATA, DEC = "tests/test_mdn_dense.py", "tests/test_coco_data.py", "tests/test_decode.py"
 
 # In the suggested order: toy MDN -> dense loss -> targets -> decoding (then a training run).
 ASSIGNMENTS = [
@@ -37,12 +37,12 @@ ASSIGNMENTS = [
     ("draw_gaussian", "coco_data.py", 15, [f"{DATA}::test_draw_gaussian_peak_sigma_clip_and_max",
                                            f"{DATA}::test_render_targets_det_clip_skip_and_cap",
                                            f"{DATA}::test_render_targets_pose_offsets_masks_and_zero_keypoints"]),
-    ("peak extraction", "mdn_dense.py", 15, [f"{MDN}::test_max_filter_equals_max_pool",
-                                             f"{MDN}::test_peak_mask_and_topk_peaks"]),
+    ("peak extraction", "decode.py", 15, [f"{DEC}::test_max_filter_equals_max_pool",
+                                          f"{DEC}::test_peak_mask_and_topk_peaks"]),
     ("select_component", "mdn_dense.py", 10, [f"{MDN}::test_select_component_rules_on_one_mixture"]),
-    ("decode", "mdn_dense.py", 15, [f"{MDN}::test_decode_returns_planted_peaks_boxes_and_components",
-                                    f"{MDN}::test_decode_pose_joints_from_integer_peak",
-                                    f"{MDN}::test_base_model_decodes_as_one_component"]),
+    ("decode", "decode.py", 15, [f"{DEC}::test_decode_returns_planted_peaks_boxes_and_components",
+                                 f"{DEC}::test_decode_pose_joints_from_integer_peak",
+                                 f"{DEC}::test_base_model_decodes_as_one_component"]),
     ("round trip (all of the above)", "coco_data.py", 10, [f"{DATA}::test_round_trip_synthetic_coco"]),
 ]
 

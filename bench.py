@@ -28,6 +28,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import mdn_dense as md
+from decode import decode
+from model import ModelConfig, build_model, default_sigma_floor, head_channels
 
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"
 
@@ -48,7 +50,7 @@ def timed(fn, warmup, iters, cuda):
     return statistics.median(times)
 
 
-def synthetic_batch(task, m, B, size, device, num_classes):
+def synthetic_batch(task, B, size, device, num_classes):
     """Random targets with the shapes coco_data renders (timing only needs shapes)."""
     H = size // 4
     K, N = 17, 32 if task == "pose" else 128
@@ -66,9 +68,9 @@ def synthetic_batch(task, m, B, size, device, num_classes):
 
 
 def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"):
-    from train import build_model
     num_classes = 80 if task == "det" else 1
-    model = build_model(arch, md.head_channels(task, m, num_classes, 17, mdn_head=head)).to(device)
+    model = build_model(ModelConfig(task=task, m=m, arch=arch, num_classes=num_classes, mdn_head=head,
+                                    sigma_floor=default_sigma_floor(task, arch))).to(device)
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -76,13 +78,12 @@ def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"
     x = torch.randn(batch, 3, size, size, device=device)
     if cuda:
         x = x.to(memory_format=torch.channels_last)
-    targets = synthetic_batch(task, m, batch, size, device, num_classes)
-    floor = md.default_sigma_floor(task)
+    targets = synthetic_batch(task, batch, size, device, num_classes)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             outputs = model(x)
-        loss, _ = md.total_loss(outputs, targets, task, m, floor, kpt_scale=md.COCO_KPT_SCALE)
+        loss, _ = md.total_loss(outputs, targets, kpt_scale=md.COCO_KPT_SCALE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -107,9 +108,9 @@ def row_decode(task, m, size, device, warmup, iters):
     num_classes = 80 if task == "det" else 1
     g = torch.Generator().manual_seed(0)
     out = {k: torch.randn(1, c, H, H, generator=g).to(device)
-           for k, c in md.head_channels(task, m, num_classes, 17).items()}
-    s = timed(lambda: md.decode(out, task, m, md.default_sigma_floor(task), k=100, refine=task == "pose"),
-              warmup, iters, device.type == "cuda")
+           for k, c in head_channels(ModelConfig(task=task, m=m, num_classes=num_classes)).items()}
+    out["mdn_sigma"] = out["mdn_sigma"].exp()  # the heads emit sigma > 0
+    s = timed(lambda: decode(out, k=100, refine=task == "pose"), warmup, iters, device.type == "cuda")
     return {"decode ms/img": 1000 * s}
 
 

@@ -84,6 +84,22 @@ def coco2017_paths(root, task, split):
     return ann_file, image_dir
 
 
+def dataset_paths(task, split, data=None, ann=None, images=None):
+    """Where a split comes from, for train.py and evaluate.py alike: a COCO 2017 root
+    (--data), an annotation file with its image folder (--ann / --images), or, with
+    neither, the synthetic demo set (generated on first use). -> (ann_file, image_dir)."""
+    if data:
+        if ann or images:
+            raise SystemExit("give --data or --ann/--images, not both")
+        return coco2017_paths(data, task, split)
+    if ann or images:
+        if not (ann and images):
+            raise SystemExit("--ann and --images go together")
+        return Path(ann), Path(images)
+    from synthetic_coco import ensure_demo_dataset  # the generator is only needed here
+    return ensure_demo_dataset(task)[split]
+
+
 def _check(ok, path, what):
     if not ok:
         raise ValueError(f"{path}: {what}")

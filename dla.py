@@ -25,7 +25,8 @@ How it differs from CenterNet's networks:
 `width` scales every channel count, so the small CPU-demo network (`dla_small`) is
 the same code. Input sides must be multiples of 32 (five stride-2 steps).
 
-Shapes: B batch, C channels, H, W input size; the heads see (B, 64 * width, H/4, W/4).
+Shapes: B batch, C channels, H, W input size; the output is (B, 64 * width, H/4, W/4).
+This file is the backbone alone (it imports only torch); model.py adds the heads.
 """
 import math
 
@@ -33,7 +34,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdn_dense import Heads, check_input
 
 LEVELS = (1, 1, 1, 2, 2, 1)
 CHANNELS = (16, 32, 64, 128, 256, 512)
@@ -218,30 +218,26 @@ class DLAUp(nn.Module):
 
 
 class DLANet(nn.Module):
-    """DLA backbone + DLAUp + IDAUp + heads: forward(x (B, 3, H, W)) returns a one-element
-    list [{head name: (B, channels, H/4, W/4)}], like the hourglass's list of stacks."""
+    """DLA backbone + DLAUp + IDAUp: forward(x (B, 3, H, W)) returns a one-element list
+    [(B, out_channels, H/4, W/4)], like the hourglass's list of stacks."""
 
     stride = 4
     size_multiple = 32
+    stacks = 1
 
-    def __init__(self, heads, width=1.0, head_conv=256, levels=LEVELS):
+    def __init__(self, width=1.0, levels=LEVELS):
         super().__init__()
         channels = [max(1, round(c * width)) for c in CHANNELS]
         self.base = DLA(levels, channels)
         self.dla_up = DLAUp(channels[2:])
         self.ida_up = IDAUp(channels[2], channels[3:5], [2, 4])
-        self.heads = Heads(heads, channels[2], head_conv)
+        self.out_channels = channels[2]
 
     def forward(self, x):
-        check_input(x, self.size_multiple)
         features = self.base(x)[2:]                             # strides 4, 8, 16, 32
         up = self.dla_up(features)                              # strides 4, 8, 16, 32
         y = self.ida_up(up[:3])[-1]                             # (B, c2, H/4, W/4)
-        return [self.heads(y)]
-
-    def backbone_parameters(self):
-        """Parameters outside the heads."""
-        return [p for name, p in self.named_parameters() if not name.startswith("heads.")]
+        return [y]
 
 
 def load_imagenet_weights(backbone, path):
@@ -266,15 +262,15 @@ def load_imagenet_weights(backbone, path):
     backbone.load_state_dict(state, strict=False)  # strictness checked above
 
 
-def dla34(heads, width=1.0, head_conv=256, weights=None):
+def dla34(width=1.0, weights=None):
     """DLA-34 with CenterNet's neck (plain convs). weights: optional path to ImageNet
     weights for the backbone (the official download URL is dead)."""
-    model = DLANet(heads, width=width, head_conv=head_conv)
+    model = DLANet(width=width)
     if weights is not None:
         load_imagenet_weights(model.base, weights)
     return model
 
 
-def dla_small(heads, width=0.25, head_conv=64):
+def dla_small(width=0.25):
     """The same DLA-34 at a quarter of the width, for CPU demos (16 channels at stride 4)."""
-    return dla34(heads, width=width, head_conv=head_conv)
+    return dla34(width=width)

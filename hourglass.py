@@ -9,24 +9,22 @@ replaces CenterNet's `large_hourglass.py`; the numbers follow it:
   stack     recursive hourglass, depth 5, dims [256, 256, 384, 384, 384, 512],
             residual counts [2, 2, 2, 2, 2, 4]; down by a stride-2 residual (no max-pool),
             up by nearest x2 and a sum with the skip branch
-  per stack 3x3 conv-BN-ReLU, then every head (intermediate supervision: each stack has
-            its own heads, the loss averages over stacks, inference reads the last)
+  per stack 3x3 conv-BN-ReLU; model.py puts every head on each stack's features
+            (intermediate supervision: the loss averages over stacks, inference reads the last)
   between   relu(1x1 conv-BN(stack input) + 1x1 conv-BN(stack features)), then a residual
 
-About 187.7M backbone parameters. Heads are mdn_dense.Heads (3x3 conv to head_conv,
-ReLU, 1x1; heatmap bias -2.19). Unlike CenterNet, non-heatmap heads start with a zero
-bias (mdn_dense.Heads, as CenterNet's DLA does); the weights keep PyTorch's default init.
+About 187.7M backbone parameters. This file is the backbone alone (it imports only
+torch); the heads (model.Heads) are added by model.py.
 
 The same code gives small hourglasses for CPU demos (`hourglass_small`): fewer stacks,
 lower depth, narrower dims. The input sides must be multiples of 4 * 2**depth
 (128 for Hourglass-104) so that every down/up pair restores the exact size.
 
-Shapes: B batch, C channels, H, W input size; the heads see (B, C, H/4, W/4).
+Shapes: B batch, C channels, H, W input size; each stack returns (B, C, H/4, W/4).
 """
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mdn_dense import Heads, check_input
 
 
 class ConvBNReLU(nn.Sequential):
@@ -98,30 +96,28 @@ class Hourglass(nn.Module):
 
 
 class StackedHourglass(nn.Module):
-    """Stem + `stacks` hourglasses with heads after each: forward(x (B, 3, H, W)) returns a
-    list of `stacks` dicts {head name: (B, channels, H/4, W/4)}, the last one for inference.
+    """Stem + `stacks` hourglasses: forward(x (B, 3, H, W)) returns a list of `stacks`
+    feature maps (B, dims[0], H/4, W/4), the last one for inference.
 
-    heads: head name -> channels (mdn_dense.head_channels). dims / counts: per hourglass
-    level, from the stem's resolution down; stem_channels: output of the 7x7 conv
-    (default dims[0] // 2, 128 for Hourglass-104).
+    dims / counts: per hourglass level, from the stem's resolution down; stem_channels:
+    output of the 7x7 conv (default dims[0] // 2, 128 for Hourglass-104).
     """
 
     stride = 4  # output map = input / 4
 
-    def __init__(self, heads, stacks=2, dims=(256, 256, 384, 384, 384, 512),
-                 counts=(2, 2, 2, 2, 2, 4), head_conv=256, stem_channels=None):
+    def __init__(self, stacks=2, dims=(256, 256, 384, 384, 384, 512),
+                 counts=(2, 2, 2, 2, 2, 4), stem_channels=None):
         super().__init__()
         if stacks < 1:
             raise ValueError(f"need at least one stack, got {stacks}")
         c = dims[0]
         stem_channels = stem_channels or c // 2
-        self.depth = len(dims) - 1
+        self.depth, self.out_channels, self.stacks = len(dims) - 1, c, stacks
         self.size_multiple = self.stride * 2 ** self.depth  # every level halves once more
         self.stem = nn.Sequential(ConvBNReLU(3, stem_channels, 7, stride=2),
                                   Residual(stem_channels, c, stride=2))
         self.hourglasses = nn.ModuleList(Hourglass(dims, counts) for _ in range(stacks))
         self.features = nn.ModuleList(ConvBNReLU(c, c) for _ in range(stacks))
-        self.heads = nn.ModuleList(Heads(heads, c, head_conv) for _ in range(stacks))
         # The next stack starts from this stack's input plus its features (CornerNet's form
         # of Newell et al.'s remapping of intermediate predictions): it refines, not restarts.
         self.merge_input = nn.ModuleList(
@@ -131,30 +127,23 @@ class StackedHourglass(nn.Module):
         self.merge_residual = nn.ModuleList(Residual(c, c) for _ in range(stacks - 1))
 
     def forward(self, x):
-        check_input(x, self.size_multiple)
         x = self.stem(x)                                          # (B, C, H/4, W/4)
         outputs = []
         for i, hourglass in enumerate(self.hourglasses):
             y = self.features[i](hourglass(x))                   # (B, C, H/4, W/4)
-            outputs.append(self.heads[i](y))
+            outputs.append(y)
             if i + 1 < len(self.hourglasses):
                 x = F.relu(self.merge_input[i](x) + self.merge_features[i](y))
                 x = self.merge_residual[i](x)
         return outputs
 
-    def backbone_parameters(self):
-        """Parameters outside the heads (what the 187.7M of Hourglass-104 counts)."""
-        return [p for name, p in self.named_parameters() if not name.startswith("heads.")]
 
-
-def hourglass104(heads, head_conv=256):
+def hourglass104():
     """Hourglass-104 of CornerNet / CenterNet: 2 stacks, depth 5; inputs multiple of 128."""
-    return StackedHourglass(heads, stacks=2, dims=(256, 256, 384, 384, 384, 512),
-                            counts=(2, 2, 2, 2, 2, 4), head_conv=head_conv)
+    return StackedHourglass(stacks=2, dims=(256, 256, 384, 384, 384, 512), counts=(2, 2, 2, 2, 2, 4))
 
 
-def hourglass_small(heads, stacks=2, head_conv=64):
+def hourglass_small(stacks=2):
     """A real (two-stack, depth-3) hourglass for CPU demos, ~1.8M backbone parameters;
     inputs multiple of 32. stacks=1 halves the time and drops intermediate supervision."""
-    return StackedHourglass(heads, stacks=stacks, dims=(32, 48, 64, 96), counts=(1, 1, 1, 2),
-                            head_conv=head_conv, stem_channels=16)
+    return StackedHourglass(stacks=stacks, dims=(32, 48, 64, 96), counts=(1, 1, 1, 2), stem_channels=16)

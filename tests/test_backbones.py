@@ -1,4 +1,4 @@
-"""Backbones (hourglass.py, dla.py): head shapes, parameter counts, initialisation,
+"""Backbones (hourglass.py, dla.py) inside model.MixtureCenterNet: head shapes, parameter counts, initialisation,
 invariances (batch vs single, channels_last), a training step, the ImageNet weight
 loader and the input-size check. Full-size networks are built once per module and run
 at tiny inputs so the file stays under a minute on two CPU cores."""
@@ -8,13 +8,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mdn_dense
-from dla import DLA, bilinear_, dla34, dla_small, load_imagenet_weights
-from hourglass import StackedHourglass, hourglass104, hourglass_small
+from dla import DLA, bilinear_, dla34, load_imagenet_weights
+from hourglass import StackedHourglass, hourglass_small
+from model import HEATMAP_PRIOR_BIAS, ModelConfig, build_model, head_channels
 
-DET = mdn_dense.head_channels("det", 3)                  # hm 80, reg, wh 6, mdn_sigma, mdn_logits
-POSE = mdn_dense.head_channels("pose", 3, refine=True)   # + hps 102, hm_hp 17, hp_offset
-SMALL = {"hourglass_small": hourglass_small, "dla_small": dla_small}
+
+def config(task, arch="small_dla"):
+    return ModelConfig(task=task, m=3, arch=arch, num_classes=80 if task == "det" else 1)
+
+
+def net(arch, task):
+    return build_model(config(task, arch))
+
+
+DET = head_channels(config("det"))     # hm 80, reg, wh 6, mdn_sigma, mdn_logits
+POSE = head_channels(config("pose"))   # + hps 102, hm_hp 17, hp_offset
+SMALL = {"hourglass_small": "small_hourglass", "dla_small": "small_dla"}
 
 
 def n_params(params):
@@ -24,13 +33,13 @@ def n_params(params):
 @pytest.fixture(scope="module")
 def hg104():
     torch.manual_seed(0)
-    return hourglass104(DET)
+    return net("hourglass104", "det")
 
 
 @pytest.fixture(scope="module")
 def dla_full():
     torch.manual_seed(0)
-    return dla34(POSE)
+    return net("dla34", "pose")
 
 
 def check_outputs(outputs, heads, n_stacks, B, H, W, stride=4):
@@ -45,7 +54,7 @@ def check_outputs(outputs, heads, n_stacks, B, H, W, stride=4):
 @pytest.mark.parametrize("task,heads", [("det", DET), ("pose", POSE)])
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_small_head_shapes(name, task, heads):
-    model = SMALL[name](heads).eval()
+    model = net(SMALL[name], task).eval()
     k = model.size_multiple
     stacks = 2 if name.startswith("hourglass") else 1
     with torch.no_grad():
@@ -61,7 +70,7 @@ def test_hourglass104_shapes(hg104):
 
 
 def test_hourglass104_pose_shapes():
-    model = hourglass104(POSE).eval()
+    model = net("hourglass104", "pose").eval()
     with torch.no_grad():
         check_outputs(model(torch.randn(1, 3, 128, 128)), POSE, 2, 1, 128, 128)
 
@@ -71,17 +80,18 @@ def test_dla34_shapes(dla_full):
     with torch.no_grad():
         for H, W in [(64, 64), (32, 96)]:
             check_outputs(dla_full.eval()(torch.randn(2, 3, H, W)), POSE, 1, 2, H, W)
-    det = dla34(DET).eval()
+    det = net("dla34", "det").eval()
     with torch.no_grad():
         check_outputs(det(torch.randn(1, 3, 64, 32)), DET, 1, 1, 64, 32)
 
 
 def test_small_hourglass_size_multiple_follows_depth():
-    model = StackedHourglass(DET, stacks=1, dims=(16, 24, 32), counts=(1, 1, 1), head_conv=8)
+    model = StackedHourglass(stacks=1, dims=(16, 24, 32), counts=(1, 1, 1))
     assert model.size_multiple == 2 ** (2 + 2)
     with torch.no_grad():
-        check_outputs(model.eval()(torch.randn(1, 3, 16, 48)), DET, 1, 1, 16, 48)
-    assert hourglass_small(DET).size_multiple == 2 ** (3 + 2)
+        features = model.eval()(torch.randn(1, 3, 16, 48))
+    assert [f.shape for f in features] == [(1, 16, 4, 12)]
+    assert hourglass_small().size_multiple == 2 ** (3 + 2)
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -90,7 +100,7 @@ def test_parameter_counts(hg104, dla_full):
     print(f"\nhourglass104 backbone {hg_backbone:,}, with det heads m=3 {n_params(hg104.parameters()):,}")
     assert abs(hg_backbone - 187.7e6) / 187.7e6 < 0.01
     dla_backbone = n_params(dla_full.backbone_parameters())
-    imagenet = n_params(dla_full.base.parameters()) + 512 * 1000 + 1000  # + the classifier
+    imagenet = n_params(dla_full.backbone.base.parameters()) + 512 * 1000 + 1000  # + the classifier
     print(f"dla34 backbone + neck {dla_backbone:,}, ImageNet DLA-34 with classifier {imagenet:,}")
     assert imagenet == 15_742_104       # DLA-34 as published: 15.7M
     assert dla_backbone == 18_529_712   # the DCN neck adds offset branches: ~20M officially
@@ -98,7 +108,7 @@ def test_parameter_counts(hg104, dla_full):
 
 def test_small_presets_are_small():
     for name, build in SMALL.items():
-        n = n_params(build(DET).backbone_parameters())
+        n = n_params(net(build, "det").backbone_parameters())
         print(f"\n{name} backbone {n:,}")
         assert 0.2e6 < n < 3e6, name
 
@@ -106,13 +116,12 @@ def test_small_presets_are_small():
 # ----------------------------------------------------------------------------- init
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_head_bias_init(name):
-    model = SMALL[name](POSE)
-    stacks = model.heads if isinstance(model.heads, torch.nn.ModuleList) else [model.heads]
-    for heads in stacks:
+    model = net(SMALL[name], "pose")
+    for heads in model.heads:
         for head_name, head in heads.items():
-            expected = mdn_dense.HEATMAP_PRIOR_BIAS if head_name in ("hm", "hm_hp") else 0.0
+            expected = HEATMAP_PRIOR_BIAS if head_name in ("hm", "hm_hp") else 0.0
             assert torch.all(head[-1].bias == expected), head_name
-    assert mdn_dense.HEATMAP_PRIOR_BIAS == pytest.approx(-2.19)
+    assert HEATMAP_PRIOR_BIAS == pytest.approx(-2.19)
 
 
 def test_dla_upsampling_starts_bilinear():
@@ -135,7 +144,7 @@ def run(model, x):
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_batch_equals_singles_in_eval(name):
     torch.manual_seed(0)
-    model = SMALL[name](POSE)
+    model = net(SMALL[name], "pose")
     model(torch.randn(4, 3, 64, 64))  # one train-mode pass so BN running stats are not 0/1
     model.eval()
     x = torch.randn(2, 3, 64, 96)
@@ -150,7 +159,7 @@ def test_batch_equals_singles_in_eval(name):
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_channels_last_matches(name):
     torch.manual_seed(0)
-    model = SMALL[name](DET).eval()
+    model = net(SMALL[name], "det").eval()
     x = torch.randn(2, 3, 64, 64)
     ref = run(model, x)
     cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -185,7 +194,7 @@ def test_dla34_train_step(dla_full):
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_small_train_step(name):
-    check_train_step(SMALL[name](POSE), torch.randn(2, 3, 64, 64))
+    check_train_step(net(SMALL[name], "pose"), torch.randn(2, 3, 64, 64))
 
 
 # ----------------------------------------------------------------------------- weights
@@ -201,7 +210,7 @@ def test_imagenet_loader_accepts_official_layout(tmp_path):
     state.update({"fc.weight": torch.randn(1000, 128, 1, 1), "fc.bias": torch.randn(1000),
                   "level3.project.0.weight": torch.randn(32, 16, 1, 1)})
     torch.save(state, tmp_path / "dla34.pth")
-    model = dla34(DET, width=0.25, weights=tmp_path / "dla34.pth")
+    model = dla34(width=0.25, weights=tmp_path / "dla34.pth")
     own = model.base.state_dict()
     for k, v in state.items():
         if k in own:
@@ -229,6 +238,6 @@ def test_size_multiple_errors(hg104, dla_full):
     with pytest.raises(ValueError, match=r"\(1, 3, 64, 48\).*multiples of 32"):
         dla_full(torch.randn(1, 3, 64, 48))
     with pytest.raises(ValueError, match=r"\(1, 3, 48, 64\).*multiples of 32"):
-        hourglass_small(DET)(torch.randn(1, 3, 48, 64))
+        net("small_hourglass", "det")(torch.randn(1, 3, 48, 64))
     with pytest.raises(ValueError, match=r"\(3, 64, 64\)"):
-        dla_small(DET)(torch.randn(3, 64, 64))
+        net("small_dla", "det")(torch.randn(3, 64, 64))

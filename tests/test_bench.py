@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import bench
 import mdn_dense as md
-import train
+from model import ModelConfig, build_model
 
 
 def test_every_architecture_has_a_base_and_two_mdn3_rows():
@@ -44,12 +44,12 @@ def test_mdn_flops_overhead_is_the_extra_heads(task):
     D = 2 if task == "det" else 34
     flops = {}
     for m, head in ((0, "separate"), (3, "separate"), (3, "shared")):
-        model = train.build_model("small_dla", md.head_channels(task, m, classes, 17, mdn_head=head)).eval()
+        model = build_model(ModelConfig(task=task, m=m, num_classes=classes, mdn_head=head)).eval()
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             model(torch.zeros(1, 3, 128, 128))
         flops[m, head] = counter.get_total_flops()
-    c, hidden, pixels = model.heads["hm"][0].in_channels, model.heads["hm"][0].out_channels, 32 * 32
+    c, hidden, pixels = model.heads[0]["hm"][0].in_channels, model.heads[0]["hm"][0].out_channels, 32 * 32
     conv = lambda k, cin, cout: 2 * k * k * cin * cout * pixels
     extra = (conv(3, c, hidden) + conv(1, hidden, 6) + conv(3, c, hidden) + conv(1, hidden, 3)
              + conv(1, hidden, 3 * D) - conv(1, hidden, D))

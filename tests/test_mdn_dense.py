@@ -1,4 +1,4 @@
-"""Oracle and invariance tests for mdn_dense.py (the mixture math, losses, decoding)."""
+"""Oracle and invariance tests for mdn_dense.py (the mixture math and the losses)."""
 import math
 
 import pytest
@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 import mdn_dense as md
+from conftest import random_outputs
 
 
 def random_mixture(N=6, M=3, K=4, dtype=torch.float64, seed=0):
@@ -143,132 +144,6 @@ def test_focal_loss_finite_in_bf16_with_confident_logits():
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
 
 
-def test_head_channels_ladder():
-    assert md.head_channels("det", 0, num_classes=80) == {"hm": 80, "reg": 2, "wh": 2}
-    assert md.head_channels("det", 3) == {"hm": 80, "reg": 2, "wh": 6, "mdn_sigma": 6, "mdn_logits": 3}
-    pose = md.head_channels("pose", 3, num_joints=17)
-    assert pose["hps"] == 102 and pose["hm_hp"] == 17 and pose["mdn_logits"] == 3
-    assert "hm_hp" not in md.head_channels("pose", 1, refine=False)
-    heads = md.Heads(pose, in_channels=8, head_conv=16)
-    out = heads(torch.zeros(2, 8, 5, 7))
-    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, c, 5, 7) for k, c in pose.items()}
-    assert torch.all(heads["hm"][-1].bias == -2.19) and torch.all(heads["hps"][-1].bias == 0)
-
-
-@pytest.mark.parametrize("task", ["det", "pose"])
-def test_shared_mdn_head_splits_one_output_into_the_separate_names(task):
-    """--mdn-head shared: one head's output, split in the order mu, sigma, logits, gives
-    the same names and shapes as the official separate heads."""
-    separate = md.head_channels(task, 3, num_classes=4, num_joints=17)
-    shared = md.head_channels(task, 3, num_classes=4, num_joints=17, mdn_head="shared")
-    key = md.regression_key(task)
-    assert shared["mdn"] == {key: separate[key], "mdn_sigma": 6, "mdn_logits": 3}
-    assert key not in shared and "mdn_sigma" not in shared
-    torch.manual_seed(0)
-    heads, x = md.Heads(shared, in_channels=8, head_conv=16), torch.randn(2, 8, 5, 7)
-    out = heads(x)
-    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (2, c, 5, 7) for k, c in separate.items()}
-    whole = heads["mdn"](x)                                   # the one head, unsplit
-    assert torch.equal(out[key], whole[:, :separate[key]])
-    assert torch.equal(out["mdn_logits"], whole[:, -3:])
-    assert torch.equal(out["mdn_sigma"], whole[:, separate[key]:separate[key] + 6])
-    assert md.head_channels(task, 0, 4, 17, mdn_head="shared") == md.head_channels(task, 0, 4, 17)
-    with pytest.raises(ValueError, match="mdn_head"):
-        md.head_channels(task, 3, mdn_head="light")
-
-
-def planted_maps(task="det", M=3, K=2, H=16, W=20, C=2):
-    """Hand-built raw outputs with two planted objects."""
-    B = 1
-    heads = md.head_channels(task, M, num_classes=C, num_joints=K)
-    out = {name: torch.zeros(B, ch, H, W) for name, ch in heads.items()}
-    out["hm"][:] = -10
-    out["hm"][0, C - 1, 4, 5] = 3.0  # object A: class C-1 at (x=5, y=4)
-    out["hm"][0, 0, 10, 12] = 2.0   # object B: class 0 at (x=12, y=10)
-    out["reg"][0, :, 4, 5] = torch.tensor([0.25, 0.5])
-    D = 2 if task == "det" else 2 * K
-    key = md.regression_key(task)
-    mu = out[key].view(B, M, D, H, W)
-    mu[0, :, :, 4, 5] = torch.arange(M * D, dtype=torch.float32).view(M, D) + 1  # component m: values m*D+1..
-    mu[0, :, :, 10, 12] = 7.0
-    out["mdn_logits"][0, :, 4, 5] = torch.tensor([0.0, 2.0, 1.0])[:M]  # alpha argmax = 1 at A
-    out["mdn_logits"][0, :, 10, 12] = torch.tensor([5.0, 0.0, 0.0])[:M]  # argmax = 0 at B
-    out["mdn_sigma"][0, :, 4, 5] = 0.0  # sigma = ELU(0) + 1 + floor
-    if task == "pose":
-        out["wh"][0, :, 4, 5] = torch.tensor([4.0, 6.0])
-    return out
-
-
-def test_decode_returns_planted_peaks_boxes_and_components():
-    out = planted_maps("det")
-    det = md.decode(out, "det", 3, sigma_floor=1.0, k=2)
-    assert det["classes"][0].tolist() == [1, 0]
-    assert torch.allclose(det["centers"][0, 0], torch.tensor([5.25, 4.5]))
-    # component 1 of A holds (w, h) = (3, 4): box = centre +- wh / 2
-    assert torch.allclose(det["boxes"][0, 0], torch.tensor([5.25 - 1.5, 4.5 - 2, 5.25 + 1.5, 4.5 + 2]))
-    assert det["component"][0].tolist() == [1, 0]
-    alpha = torch.softmax(torch.tensor([0.0, 2.0, 1.0]), 0)
-    assert torch.allclose(det["alpha"][0, 0], alpha[1]) and torch.allclose(det["sigma"][0, 0], torch.tensor([2.0, 2.0]))
-    forced = md.decode(out, "det", 3, sigma_floor=1.0, k=2, component=2)
-    assert forced["component"][0].tolist() == [2, 2]
-    assert torch.allclose(forced["boxes"][0, 0, 2:] - forced["boxes"][0, 0, :2], torch.tensor([5.0, 6.0]))
-    mean = md.decode(out, "det", 3, sigma_floor=1.0, k=2, component="mean")
-    wh_mean = (alpha[:, None] * torch.tensor([[1.0, 2], [3, 4], [5, 6]])).sum(0)
-    assert torch.allclose(mean["boxes"][0, 0, 2:] - mean["boxes"][0, 0, :2], wh_mean, atol=1e-5)
-    with pytest.raises(ValueError):
-        md.decode(out, "det", 3, sigma_floor=1.0, component=3)
-
-
-def test_decode_pose_joints_from_integer_peak():
-    out = planted_maps("pose", K=2, C=1)
-    det = md.decode(out, "pose", 3, sigma_floor=9.0, k=2)
-    # component 1 at A holds offsets (5, 6, 7, 8): joints = integer peak (5, 4) + offsets
-    assert torch.allclose(det["keypoints"][0, 0], torch.tensor([[10.0, 10.0], [12.0, 12.0]]))
-    assert torch.allclose(det["boxes"][0, 0], torch.tensor([5.25 - 2, 4.5 - 3, 5.25 + 2, 4.5 + 3]))
-
-
-def test_base_model_decodes_as_one_component():
-    out = planted_maps("det")
-    base = {"hm": out["hm"], "reg": out["reg"], "wh": out["wh"][:, :2]}
-    det = md.decode(base, "det", 0, sigma_floor=1.0, k=2)
-    assert det["component"].eq(0).all() and torch.allclose(det["alpha"], torch.ones(1, 2))
-
-
-def test_refine_snaps_to_near_peaks_only():
-    H = W = 32
-    kps = torch.tensor([[[[10.0, 10.0], [20.0, 20.0]]]])       # (B=1, k=1, K=2, 2)
-    boxes = torch.tensor([[[0.0, 0.0, 30.0, 30.0]]])
-    hm_hp = torch.full((1, 2, H, W), -10.0)
-    hm_hp[0, 0, 11, 11] = 5.0   # joint 0: peak 1.4 px away -> snap (to cell + 0.5)
-    hm_hp[0, 1, 2, 2] = 5.0     # joint 1: peak 25 px away > 0.3 * 30 -> keep
-    refined = md.refine_joints(kps, hm_hp, None, boxes)
-    assert torch.allclose(refined[0, 0, 0], torch.tensor([11.5, 11.5]))
-    assert torch.allclose(refined[0, 0, 1], torch.tensor([20.0, 20.0]))
-
-
-def mirror(out, flip_idx):
-    """The exact outputs a perfect network gives for the mirrored image."""
-    f = lambda t: torch.flip(t, dims=[3])
-    m = {k: f(v) for k, v in out.items()}
-    B, _, H, W = out["hps"].shape
-    K = len(flip_idx)
-    hps = f(out["hps"]).view(B, -1, K, 2, H, W)[:, :, flip_idx].clone()
-    hps[:, :, :, 0] = 1 - hps[:, :, :, 0]  # offsets start at the cell corner: o -> 1 - o
-    m["hps"] = hps.reshape(B, -1, H, W)
-    m["hm_hp"] = f(out["hm_hp"])[:, flip_idx]
-    return m
-
-
-def test_flip_merge_of_a_perfect_mirror_is_identity():
-    g = torch.Generator().manual_seed(3)
-    heads = md.head_channels("pose", 3, num_joints=4)
-    out = {k: torch.randn(2, c, 6, 8, generator=g) for k, c in heads.items()}
-    flip_idx = [1, 0, 3, 2]
-    merged = md.flip_merge(out, mirror(out, flip_idx), "pose", 3, flip_idx)
-    for name in ("hm", "hps", "wh", "mdn_sigma", "mdn_logits", "hm_hp"):
-        assert torch.allclose(merged[name], out[name], atol=1e-4), name
-
-
 def two_object_batch(task="pose", K=2, H=8, W=8):
     N = 4
     batch = {"hm": torch.zeros(1, 1, H, W), "ind": torch.tensor([[9, 30, 0, 0]]),
@@ -282,14 +157,12 @@ def two_object_batch(task="pose", K=2, H=8, W=8):
 
 
 def test_total_loss_averages_stacks_and_counts_every_stack():
-    torch.manual_seed(0)
-    heads = md.head_channels("pose", 3, num_joints=2)
-    out_a = {k: torch.randn(1, c, 8, 8) for k, c in heads.items()}
-    out_b = {k: torch.randn(1, c, 8, 8) for k, c in heads.items()}
+    out_a = random_outputs("pose", 3, num_classes=1, num_joints=2, B=1, H=8, W=8, seed=0)
+    out_b = random_outputs("pose", 3, num_classes=1, num_joints=2, B=1, H=8, W=8, seed=1)
     batch = two_object_batch()
-    la, pa = md.total_loss([out_a], batch, "pose", 3, 9.0)
-    lb, pb = md.total_loss([out_b], batch, "pose", 3, 9.0)
-    lab, pab = md.total_loss([out_a, out_b], batch, "pose", 3, 9.0)
+    la, pa = md.total_loss([out_a], batch)
+    lb, pb = md.total_loss([out_b], batch)
+    lab, pab = md.total_loss([out_a, out_b], batch)
     assert torch.allclose(lab, (la + lb) / 2)
     assert abs(pab["hps"] - (pa["hps"] + pb["hps"]) / 2) < 1e-5
     assert set(pa) == {"hm", "reg", "wh", "hps", "hm_hp", "hp_offset"}
@@ -298,31 +171,48 @@ def test_total_loss_averages_stacks_and_counts_every_stack():
     assert abs(la.item() - expected) < 1e-4
 
 
-def test_mixture_loss_normalised_by_one_plus_objects():
-    heads = md.head_channels("det", 2, num_classes=1)
-    out = {k: torch.randn(1, c, 8, 8) for k, c in heads.items()}
-    batch = two_object_batch("det")
-    mu, sigma, la = md.mixture_params(out, "det", 2, 1.0)
+def test_l1_base_weighs_hps_by_one():
+    out = random_outputs("pose", 0, num_classes=1, num_joints=2, B=1, H=8, W=8)
+    loss, p = md.total_loss([out], two_object_batch())
+    expected = p["hm"] + p["reg"] + 0.1 * p["wh"] + 1.0 * p["hps"] + p["hm_hp"] + p["hp_offset"]
+    assert abs(loss.item() - expected) < 1e-4
+
+
+def per_object_nll(out, batch, kpt_scale=None):
+    mu, sigma, la = md.mixture_params(out)
     ind = batch["ind"][0, :2]
-    per_obj = md.mdn_nll(batch["wh"][0, :2], mu.flatten(3)[0, :, :, ind].permute(2, 0, 1),
-                         sigma.flatten(3)[0, :, :, ind].permute(2, 0, 1), la.flatten(2)[0, :, ind].T)
-    assert torch.allclose(md.mixture_loss(out, batch, "det", 2, 1.0), per_obj.sum() / 3)
+    target = batch["wh" if "wh" == md.REGRESSION_KEY[md.task_of(out)] else "hps"][0, :2]
+    mask = None if md.task_of(out) == "det" else batch["hps_mask"][0, :2]
+    return md.mdn_nll(target, mu.flatten(3)[0, :, :, ind].permute(2, 0, 1),
+                      sigma.flatten(3)[0, :, :, ind].permute(2, 0, 1), la.flatten(2)[0, :, ind].T, mask, kpt_scale)
 
 
-def test_max_filter_equals_max_pool():
-    x = torch.randn(2, 5, 9, 13)
-    x[0, 0, 3, 3] = x[0, 0, 3, 4]  # ties (plateaus) must behave like max_pool2d too
-    assert torch.equal(md.max_filter3x3(x), F.max_pool2d(x, 3, stride=1, padding=1))
+def test_mixture_loss_normalised_by_one_plus_objects():
+    out = random_outputs("det", 2, num_classes=1, B=1, H=8, W=8)
+    batch = two_object_batch("det")
+    assert torch.allclose(md.mixture_loss(out, batch), per_object_nll(out, batch).sum() / 3)
+
+
+def test_pose_mixture_loss_counts_persons_with_visible_joints():
+    """The official pose normalisation: 1 + persons with at least one visible joint. One
+    person with 3 visible joints and one with none: the sum / 2, not / 3."""
+    out = random_outputs("pose", 3, num_classes=1, num_joints=4, B=1, H=8, W=8)
+    batch = two_object_batch("pose", K=4)
+    batch["hps_mask"][0, 0] = torch.tensor([1.0, 1, 1, 1, 1, 1, 0, 0])   # 3 joints visible
+    batch["hps_mask"][0, 1] = 0                                          # none visible
+    nll = per_object_nll(out, batch)
+    assert nll[1] == 0
+    assert torch.allclose(md.mixture_loss(out, batch), nll.sum() / 2)
 
 
 @pytest.mark.parametrize("task,m", [("det", 0), ("det", 3), ("pose", 2)])
 def test_mixture_at_equals_dense_maps_gathered(task, m):
-    g = torch.Generator().manual_seed(4)
-    out = {k: torch.randn(2, c, 6, 7, generator=g) for k, c in md.head_channels(task, m, 3, 4).items()}
-    ind = torch.randint(0, 42, (2, 5), generator=g)
-    mu, sigma, log_alpha = md.mixture_params(out, task, m, 1.0)       # (B, M, D, H, W) ...
-    mu_k, sigma_k, la_k = md.mixture_at(out, task, m, 1.0, ind)
+    out = random_outputs(task, m, num_classes=3, num_joints=4, seed=4)
+    ind = torch.randint(0, 42, (2, 5), generator=torch.Generator().manual_seed(4))
+    mu, sigma, log_alpha = md.mixture_params(out)                      # (B, M, D, H, W) ...
+    mu_k, sigma_k, la_k = md.mixture_at(out, ind)
     B, M, D = mu.shape[:3]
+    assert md.num_components(out) == m and mu.shape[1] == max(m, 1)
     assert torch.allclose(mu_k, md.gather_feat(mu.reshape(B, M * D, 6, 7), ind).view(B, 5, M, D))
     assert torch.allclose(sigma_k, md.gather_feat(sigma.reshape(B, M * 2, 6, 7), ind).view(B, 5, M, 2))
     assert torch.allclose(la_k, md.gather_feat(log_alpha, ind))
@@ -341,15 +231,3 @@ def test_select_component_rules_on_one_mixture():
     assert comp.tolist() == [1]
     f_mu, _, comp, a = md.select_component(mu, sigma, la, 2)
     assert comp.tolist() == [2] and torch.allclose(f_mu, mu[:, 2]) and torch.allclose(a, torch.tensor([0.3]))
-
-
-def test_peak_mask_and_topk_peaks():
-    heat = torch.zeros(1, 2, 5, 6)
-    heat[0, 0, 1, 1], heat[0, 0, 1, 2] = 0.9, 0.5       # 0.5 is next to a higher peak: suppressed
-    heat[0, 1, 3, 4] = 0.7
-    peaks = md.peak_mask(heat)
-    assert peaks[0, 0, 1, 2] == 0 and peaks[0, 0, 1, 1] == 0.9 and peaks[0, 1, 3, 4] == 0.7
-    scores, ind, classes, ys, xs = md.topk_peaks(peaks, 2)
-    assert torch.allclose(scores, torch.tensor([[0.9, 0.7]]))
-    assert classes.tolist() == [[0, 1]] and ind.tolist() == [[1 * 6 + 1, 3 * 6 + 4]]
-    assert ys.tolist() == [[1.0, 3.0]] and xs.tolist() == [[1.0, 4.0]]

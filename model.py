@@ -1,0 +1,222 @@
+"""The network: a backbone, CenterNet's heads with the mixture heads, and its checkpoint.
+
+One class, MixtureCenterNet, is what train.py, evaluate.py, predict.py, bench.py and the
+notebooks build (as nanoGPT's train.py and sample.py both take theirs from model.py):
+
+  backbone   hourglass.py (Hourglass-104, §4) or dla.py (DLA-34, Table 2): stride-4
+             features, one map per hourglass stack
+  heads      per stack, CenterNet's 3x3 conv + ReLU + 1x1 conv heads hm, reg, wh
+             (+ hps, hm_hp, hp_offset for pose) and, for MDN_M, the mixture heads
+             mdn_sigma (2M: sigma per component and axis, §3.2 Eq. (4)) and mdn_logits (M)
+  sigma      the heads apply §4.2's ELU-plus-one activation with the model's floor, so
+             every consumer reads sigma itself and no function downstream takes the floor
+
+ModelConfig is the model's own config: the checkpoint stores it, and loading a model
+reads only that. The --m ladder: 0 = the single-mode CenterNet base (L1 regression, no
+mixture heads), M >= 1 = MDN_M. Shapes as in mdn_dense.py's legend.
+"""
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import mdn_dense as md
+from dla import dla34, dla_small
+from hourglass import hourglass104, hourglass_small
+
+HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ~= 0.1: the focal loss prior of CornerNet/CenterNet
+# name -> (backbone builder, hidden channels of every head, input side multiple): the
+# paper's two networks and their CPU-demo versions (same code, narrower).
+ARCHS = {"hourglass104": (hourglass104, 256, 128), "dla34": (dla34, 256, 32),
+         "small_hourglass": (hourglass_small, 64, 32), "small_dla": (dla_small, 64, 32)}
+CHECKPOINT_KIND, CHECKPOINT_VERSION = "mdn_dense checkpoint", 2
+
+
+def default_sigma_floor(task, arch):
+    """The official floor (mdn_min_sigma - 1, §4.2): 9 for pose; for detection 0 on
+    Hourglass-104 (mdn_min_sigma 1) and 1 on DLA-34 (mdn_min_sigma 2, the paper's 'minimum
+    value one'). The CPU demos use 1 for detection, as DLA-34."""
+    if task == "pose":
+        return 9.0
+    return 0.0 if arch == "hourglass104" else 1.0
+
+
+@dataclass
+class ModelConfig:
+    """What the network is; stored in every checkpoint."""
+    task: str = "pose"            # det | pose
+    m: int = 3                    # 0 = L1 base, M >= 1 = MDN_M
+    arch: str = "small_dla"       # a key of ARCHS
+    num_classes: int = 1          # C of the centre heatmap
+    num_joints: int = 17          # K (pose)
+    sigma_floor: float = 9.0      # sigma > floor (§4.2)
+    mdn_head: str = "separate"    # separate (the paper's) | shared (one hidden layer)
+    refine_heads: bool = True     # pose: hm_hp and hp_offset heads (CenterNet's refinement)
+
+    def __post_init__(self):
+        if self.task not in md.REGRESSION_KEY:
+            raise ValueError(f"task must be 'det' or 'pose', got {self.task!r}")
+        if self.m < 0:
+            raise ValueError(f"--m must be >= 0, got {self.m}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if self.sigma_floor < 0:
+            raise ValueError(f"sigma floor must be >= 0, got {self.sigma_floor}")
+        if self.mdn_head not in ("separate", "shared"):
+            raise ValueError(f"mdn_head must be 'separate' or 'shared', got {self.mdn_head!r}")
+
+
+def head_channels(cfg):
+    """Head name -> output channels for a ModelConfig. Names follow CenterNet: hm, reg,
+    wh, hps, hm_hp, hp_offset. mdn_head "shared" (not the paper's) groups the mixture's
+    three heads under "mdn": {name: channels}, one head whose hidden layer feeds all three."""
+    M = max(cfg.m, 1)
+    if cfg.task == "det":
+        heads = {"hm": cfg.num_classes, "reg": 2, "wh": 2 * M}
+    else:
+        heads = {"hm": 1, "reg": 2, "wh": 2, "hps": 2 * cfg.num_joints * M}
+        if cfg.refine_heads:
+            heads.update(hm_hp=cfg.num_joints, hp_offset=2)
+    if cfg.m >= 1:
+        heads.update(mdn_sigma=2 * cfg.m, mdn_logits=cfg.m)
+        if cfg.mdn_head == "shared":
+            heads["mdn"] = {k: heads.pop(k) for k in (md.REGRESSION_KEY[cfg.task], "mdn_sigma", "mdn_logits")}
+    return heads
+
+
+class Head(nn.Sequential):
+    """3x3 conv + ReLU + 1x1 conv, as every CenterNet head."""
+
+    def __init__(self, in_channels, out_channels, head_conv=256, prior_bias=None):
+        super().__init__(nn.Conv2d(in_channels, head_conv, 3, padding=1), nn.ReLU(inplace=True),
+                         nn.Conv2d(head_conv, out_channels, 1))
+        if prior_bias is None:
+            nn.init.zeros_(self[-1].bias)  # CenterNet's fill_fc_weights for non-heatmap heads
+        else:
+            nn.init.constant_(self[-1].bias, prior_bias)
+
+
+class Heads(nn.ModuleDict):
+    """All heads on one feature map: forward(x (B, in, H, W)) -> {name: (B, ch, H, W)}.
+
+    A group {name: ch} is one head whose output channels are split among its names, so
+    the rest of the code sees the same outputs whichever mdn_head built them. mdn_sigma
+    leaves as sigma itself (float32: in bf16 a sigma near 10 would keep 3 significant digits).
+    """
+
+    def __init__(self, heads, in_channels, head_conv, sigma_floor):
+        width = lambda ch: sum(ch.values()) if isinstance(ch, dict) else ch
+        super().__init__({name: Head(in_channels, width(ch), head_conv,
+                                     HEATMAP_PRIOR_BIAS if name in ("hm", "hm_hp") else None)
+                          for name, ch in heads.items()})
+        self.groups = {name: ch for name, ch in heads.items() if isinstance(ch, dict)}
+        self.sigma_floor = sigma_floor
+
+    def forward(self, x):
+        out = {}
+        for name, head in self.items():
+            y = head(x)                                                # (B, ch, H, W)
+            if name in self.groups:
+                out.update(zip(self.groups[name], y.split(list(self.groups[name].values()), 1)))
+            else:
+                out[name] = y
+        if "mdn_sigma" in out:
+            out["mdn_sigma"] = md.sigma_activation(out["mdn_sigma"].float(), self.sigma_floor)  # §4.2
+        return out
+
+
+class MixtureCenterNet(nn.Module):
+    """Backbone + heads on every stack: forward(x (B, 3, H, W)) -> a list with one dict of
+    outputs (B, ch, H/4, W/4) per stack (the last one is the prediction)."""
+
+    stride = 4  # output map = input / 4
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        build, head_conv, self.size_multiple = ARCHS[cfg.arch]
+        self.backbone = build()
+        assert self.backbone.size_multiple == self.size_multiple, cfg.arch
+        self.heads = nn.ModuleList(Heads(head_channels(cfg), self.backbone.out_channels, head_conv,
+                                         cfg.sigma_floor)
+                                   for _ in range(self.backbone.stacks))
+
+    def forward(self, x):
+        check_input(x, self.size_multiple)
+        return [heads(f) for heads, f in zip(self.heads, self.backbone(x))]
+
+    def backbone_parameters(self):
+        """Parameters outside the heads (what the 187.7M of Hourglass-104 counts)."""
+        return list(self.backbone.parameters())
+
+
+def check_input(x, multiple):
+    """Raise a ValueError unless x is (B, 3, H, W) with H, W multiples of `multiple` (the
+    backbones' requirement for an exact stride-4 output)."""
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % multiple or x.shape[3] % multiple:
+        raise ValueError(f"input of shape {tuple(x.shape)}: expected (B, 3, H, W) with H and W "
+                         f"multiples of {multiple}")
+
+
+def build_model(cfg):
+    """ModelConfig -> MixtureCenterNet."""
+    return MixtureCenterNet(cfg)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, model, **extra):
+    """The model's config and weights plus anything the caller adds (optimiser, history),
+    with a kind and version so that loading anything else fails with one clear line.
+    Written to a temporary file and renamed: a crash leaves the previous file intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    state = {"kind": CHECKPOINT_KIND, "version": CHECKPOINT_VERSION,
+             "model_config": dataclasses.asdict(model.cfg), "model": model.state_dict(), **extra}
+    try:
+        torch.save(state, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_checkpoint(path):
+    """A checkpoint written by save_checkpoint, as a dict (on the CPU). Anything else, an
+    older version included, is a ValueError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch's own errors: all mean "not ours"
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"{path}: not a checkpoint of this project (no kind {CHECKPOINT_KIND!r})")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {state.get('version')}, this code reads "
+                         f"version {CHECKPOINT_VERSION} (older runs must be retrained)")
+    return state
+
+
+def model_config_of(stored):
+    """A stored model config dict -> ModelConfig; a field this code does not know is an error."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(stored) - known)
+    if unknown:
+        raise ValueError(f"model config has fields this model.py does not know: {', '.join(unknown)} "
+                         f"(written by a newer version?)")
+    return ModelConfig(**stored)
+
+
+def load_model(path, device="cpu"):
+    """(model in eval mode on device, the checkpoint dict) from a checkpoint file."""
+    state = read_checkpoint(path)
+    try:
+        model = build_model(model_config_of(state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), state
