@@ -22,6 +22,7 @@ Sigmas must be positive: the single-mode base (m = 0, sigma 0) has nothing to ca
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 import mdn_dense as md
 from analysis import text_table
@@ -237,6 +238,9 @@ def calibration_figure(cov, rel, path=None):
         lo, hi = min(values) / 1.2, max(values) * 1.2
         ax2.plot([lo, hi], [lo, hi], color="gray", ls="--", lw=1)
         ax2.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
+        for axis in (ax2.xaxis, ax2.yaxis):   # plain numbers; no crowded minor labels
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
     ax2.set(xlabel="RMV (RMS predicted sigma)", ylabel="RMSE (observed)", title="reliability per sigma bin")
     ax2.legend(fontsize=8)
     fig.tight_layout()

@@ -25,7 +25,8 @@ def gaussian_sample(N=4000, K=5, seed=0, true_scale=1.0):
     mu = torch.randn(N, D, generator=g, dtype=torch.float64) * 10
     sigma = torch.exp(torch.randn(N, 2, generator=g, dtype=torch.float64))   # log-normal spread
     kpt_scale = None if K == 1 else torch.rand(K, generator=g, dtype=torch.float64) + 0.2
-    std = cal.per_dim_std(sigma, D, kpt_scale)                               # (N, D)
+    k = torch.ones(K, dtype=torch.float64) if kpt_scale is None else kpt_scale
+    std = sigma.repeat(1, K) * k.repeat_interleave(2)                        # by hand, (N, D)
     target = mu + true_scale * std * torch.randn(N, D, generator=g, dtype=torch.float64)
     return target, mu, sigma, kpt_scale
 
@@ -40,9 +41,15 @@ def mixture_sample(N=20000, M=3, K=2, seed=0):
     kpt_scale = torch.rand(K, generator=g, dtype=torch.float64) + 0.5
     comp = torch.multinomial(log_alpha.exp(), 1, generator=g)[:, 0]          # (N,)
     i = torch.arange(N)
-    std = cal.per_dim_std(sigma[i, comp], D, kpt_scale)                      # (N, D)
+    std = sigma[i, comp].repeat(1, K) * kpt_scale.repeat_interleave(2)       # by hand, (N, D)
     target = mu[i, comp] + std * torch.randn(N, D, generator=g, dtype=torch.float64)
     return target, mu, sigma, log_alpha, kpt_scale
+
+
+def test_per_dim_std_interleaves_axes_and_scales_joints():
+    std = cal.per_dim_std(torch.tensor([[[1.0, 2.0]]]), 4, [10.0, 100.0])   # (N=1, M=1, 2) -> (1, 1, 4)
+    np.testing.assert_array_equal(std.numpy(), [[[10, 20, 100, 200]]])   # x0, y0, x1, y1
+    np.testing.assert_array_equal(cal.per_dim_std([[3.0, 4.0]], 2).numpy(), [[3, 4]])
 
 
 def test_quantiles_match_tabulated_values():
@@ -136,6 +143,7 @@ def test_nll_of_one_component_is_the_hand_gaussian_nll():
     assert out["mixture"] == pytest.approx(float(hand), rel=1e-12)
     assert out["selected"] == pytest.approx(float(hand), rel=1e-12)
     assert out["log_alpha_sel"] == 0
+    np.testing.assert_array_equal(cal.residuals(target, mu, sigma, mask, k)["sigma"], std[mask > 0].numpy())
 
 
 def test_nll_mixture_bounds_and_identical_components():
@@ -144,6 +152,14 @@ def test_nll_mixture_bounds_and_identical_components():
         out = cal.nll_per_coordinate(target, mu, sigma, log_alpha, kpt_scale=k, component=component)
         # -log sum_m alpha_m phi_m <= -log alpha_s phi_s, per instance and so per coordinate
         assert out["mixture"] <= out["selected"] + out["log_alpha_sel"] + 1e-12
+        # "selected" is the chosen component alone, as a one-component mixture
+        c = log_alpha.argmax(1) if component is None else component
+        i = torch.arange(200)
+        alone = cal.nll_per_coordinate(target, mu[i, c][:, None], sigma[i, c][:, None], torch.zeros(200, 1),
+                                       kpt_scale=k)
+        assert out["selected"] == pytest.approx(alone["mixture"], rel=1e-12)
+        assert out["log_alpha_sel"] == pytest.approx(float(-log_alpha[i, c].mean()) / 4, rel=1e-12)  # D = 4
+        assert out["mixture"] < out["selected"] - 0.01   # the other components add density
     # M copies of one Gaussian: the mixture is that Gaussian, whatever the alphas
     same = cal.nll_per_coordinate(target, mu[:, :1].expand(-1, 3, -1), sigma[:, :1].expand(-1, 3, -1),
                                   log_alpha, kpt_scale=k)
@@ -151,10 +167,23 @@ def test_nll_mixture_bounds_and_identical_components():
     assert same["log_alpha_sel"] > 0
 
 
+def test_select_defaults_to_the_largest_alpha():
+    mu = torch.arange(2 * 3 * 2, dtype=torch.float64).view(2, 3, 2)
+    sigma = torch.ones(2, 3, 2)
+    log_alpha = torch.log(torch.tensor([[0.2, 0.7, 0.1], [0.5, 0.1, 0.4]]))
+    mu_s, sigma_s, la_s, comp = cal.select(mu, sigma, log_alpha)
+    np.testing.assert_array_equal(comp.numpy(), [1, 0])
+    np.testing.assert_array_equal(mu_s.numpy(), [[2, 3], [6, 7]])
+    np.testing.assert_allclose(la_s.exp().numpy(), [0.7, 0.5])
+    assert cal.select(mu, sigma, log_alpha, [2, 2])[1].shape == (2, 2)
+
+
 def test_masked_dims_do_not_count():
     target, mu, sigma, log_alpha, k = mixture_sample(N=300)
-    mask = (torch.rand(300, 2, generator=torch.Generator().manual_seed(3)) > 0.4).double().repeat_interleave(2, 1)
-    mask[:, 1] = 1   # joint 0 of every instance: x hidden or not, y always visible
+    # every dim on its own, so some joints have only x or only y visible (they count per
+    # coordinate, not per joint)
+    mask = (torch.rand(300, 4, generator=torch.Generator().manual_seed(3)) > 0.4).double()
+    mask[0] = 0   # an instance with nothing visible: no NLL, no -log alpha
     moved = torch.where(mask > 0, target, target + 1e4)   # hidden dims far off: must change nothing
     mu_s, sigma_s, _, _ = cal.select(mu, sigma, log_alpha)
     for t in (target, moved):
@@ -166,6 +195,10 @@ def test_masked_dims_do_not_count():
         assert cov_j["n"] == int((mask[:, 0::2] * mask[:, 1::2]).sum())   # both coords visible
         assert cov_c["n"] == len(u) == len(r["error"]) == nll["coordinates"] == int(mask.sum())
         assert np.abs(r["error"]).max() < 1e3
+        seen = mask.sum(1) > 0
+        assert not seen[0] and seen.sum() < 299   # instance 0 and a few others show nothing
+        la = log_alpha.max(1).values[seen]
+        assert nll["log_alpha_sel"] == pytest.approx(float(-la.sum()) / int(mask.sum()), rel=1e-12)
         results = (cov_j["observed"], cov_c["observed"], nll["mixture"], nll["selected"], u)
         if t is target:
             first = results
