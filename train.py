@@ -27,7 +27,8 @@ from tqdm import tqdm
 import mdn_dense as md
 from coco_data import CocoDataset, dataset_paths
 from evaluate import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
-from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint, save_checkpoint
+from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
+from rundir import RunLock, save_run
 
 # Paper §4.1 / official schedules (lr for the reference batch; lr x0.1 at each step), and
 # this project's CPU demos on the synthetic data: lr 2.5e-3 reached AP 0.09 after 5 epochs
@@ -187,14 +188,20 @@ def train(model_cfg, cfg, resume=False):
     says. Returns (the final evaluation's stats on rank 0 or None, the history)."""
     rank, world, device = setup_distributed()
     out = Path(cfg.out)
-    ckpt_path = out / "ckpt.pt"
-    if rank == 0:
-        if ckpt_path.exists() and not resume:
-            raise SystemExit(f"{ckpt_path} exists: pass --resume to continue it or --out to start elsewhere")
-        out.mkdir(parents=True, exist_ok=True)
     if cfg.batch_size % world:
         raise SystemExit(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple "
                          f"of the {world} processes")
+    if rank == 0:
+        with RunLock(out):   # one run per folder; only rank 0 writes
+            return _train(model_cfg, cfg, resume, rank, world, device)
+    return _train(model_cfg, cfg, resume, rank, world, device)
+
+
+def _train(model_cfg, cfg, resume, rank, world, device):
+    out = Path(cfg.out)
+    ckpt_path = out / "ckpt.pt"
+    if rank == 0 and ckpt_path.exists() and not resume:
+        raise SystemExit(f"{ckpt_path} exists: pass --resume to continue it or --out to start elsewhere")
     torch.manual_seed(cfg.seed)
     train_set, val_set = datasets(cfg, model_cfg.task)
     model_cfg = dataclasses.replace(model_cfg, num_classes=train_set.num_classes,
@@ -224,12 +231,18 @@ def train(model_cfg, cfg, resume=False):
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler,
                                          num_workers=cfg.workers, pin_memory=cuda, drop_last=True,
                                          persistent_workers=cfg.workers > 0)
+    if len(loader) == 0:
+        why = ("it has no usable image (empty, or every object crowd / of no trained category)" if not len(train_set)
+               else f"its {len(train_set)} usable images are fewer than one batch of {cfg.batch_size // world}"
+                    f"{' per process' if world > 1 else ''} (--batch-size; incomplete batches are dropped)")
+        raise SystemExit(f"training split {cfg.ann}: no training step: {why}")
     kpt_scale = md.COCO_KPT_SCALE if model_cfg.task == "pose" and model_cfg.num_joints == 17 else None
     weights = md.LossWeights(**cfg.loss_weights)
     if rank == 0:
         (out / "config.json").write_text(json.dumps({"model": dataclasses.asdict(model_cfg),
                                                      "train": dataclasses.asdict(cfg)}, indent=1))
     stats = None
+    last_good = f"{ckpt_path} (after epoch {history[-1]['epoch'] + 1})" if history else "none yet"
     for epoch in range(start_epoch, cfg.epochs):
         # Seeding per epoch makes a resumed run see the same batches and augmentations as
         # an uninterrupted one (the sampler's order comes from seed + epoch too).
@@ -247,9 +260,8 @@ def train(model_cfg, cfg, resume=False):
                 outputs = step_fn(x)
             loss, parts = md.total_loss(outputs, batch, weights, kpt_scale)
             if not torch.isfinite(loss):
-                last = f"{ckpt_path} (after epoch {history[-1]['epoch'] + 1})" if history else "none yet"
                 raise SystemExit(f"non-finite loss {loss.item()} at epoch {epoch + 1}, step {step} "
-                                 f"({parts}); last good checkpoint: {last}")
+                                 f"({parts}); nothing saved. Last good checkpoint: {last_good}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -259,22 +271,21 @@ def train(model_cfg, cfg, resume=False):
             n += 1
             bar.set_postfix(loss=f"{sums['total'] / n:.3f}")
         line = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0,
-                **{k: v / max(n, 1) for k, v in sums.items()}}
-        last_epoch = epoch == cfg.epochs - 1
-        if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or last_epoch:
+                **{k: v / n for k, v in sums.items()}}
+        history.append(line)
+        if rank == 0:  # saved before any evaluation: an evaluation error loses no training
+            save_run(out, model, optimizer, epoch, dataclasses.asdict(cfg), history, last_good)
+            last_good = f"{ckpt_path} (after epoch {epoch + 1})"
+        if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch == cfg.epochs - 1:
             stats = evaluate_model(model, val_set, cfg, rank, world, device, progress=rank == 0)
             if rank == 0:
                 line["AP"] = float(stats["All"][0])
                 if "All+ref" in stats:
                     line["AP_refined"] = float(stats["All+ref"][0])
                 line["AP_components"] = {k: float(v[0]) for k, v in stats.items() if not k.startswith("All")}
+                save_run(out, model, optimizer, epoch, dataclasses.asdict(cfg), history, last_good)
         if rank == 0:
-            history.append(line)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(line) + "\n")
-            save_checkpoint(ckpt_path, model, optimizer=optimizer.state_dict(), epoch=epoch,
-                            train_config=dataclasses.asdict(cfg), history=history)
-            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {line.get('total', float('nan')):.4f}  "
+            print(f"epoch {epoch + 1}/{cfg.epochs}  loss {line['total']:.4f}  "
                   f"lr {line['lr']:.2e}  {line['time']:.0f}s" + (f"  AP {line['AP']:.3f}" if "AP" in line else ""))
     if rank == 0 and history:
         plot_history(history, out / "curves.png", title=f"{model_cfg.task} M={model_cfg.m} {model_cfg.arch}")
@@ -384,6 +395,10 @@ def config_from_args(args):
     """The command line -> (ModelConfig, TrainConfig). Defaults that depend on the data:
     synthetic -> the CPU demo preset, real data -> the paper's preset."""
     real = bool(args.data or args.ann)
+    if args.init and args.resume:
+        raise SystemExit("--init starts a new run from other weights; --resume continues this one: give one")
+    if args.sigma_floor is not None and args.m == 0:
+        raise SystemExit("--sigma-floor is for the mixture (--m >= 1); the --m 0 base predicts no sigma")
     if (args.val_ann or args.val_images) and not args.ann:
         raise SystemExit("--val-ann / --val-images need --ann (with --data the val2017 split is used)")
     ann, images = dataset_paths(args.task, "train", args.data, args.ann, args.images)

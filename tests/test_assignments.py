@@ -9,7 +9,7 @@ import pytest
 import assignments as asg
 
 INDEPENDENT = ["tests/test_mdn_dense.py::test_focal_loss_matches_slow_loop",
-               "tests/test_mdn_dense.py::test_head_channels_ladder",
+               "tests/test_model.py::test_official_sigma_floor_per_backbone",
                "tests/test_coco_data.py::test_affine_round_trip_and_flip_twice",
                "tests/test_synthetic_coco.py"]
 

@@ -133,7 +133,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_pose, tmp_path, monkeyp
         return loss * float("nan"), parts
     real = md.total_loss
     monkeypatch.setattr(md, "total_loss", exploding)
-    with pytest.raises(SystemExit, match=r"non-finite loss .* epoch 1, step 0 .*last good checkpoint: none"):
+    with pytest.raises(SystemExit, match=r"non-finite loss .* epoch 1, step 0 .*Last good checkpoint: none"):
         train.main(args_for(tiny_pose, tmp_path / "run", "--epochs", "1"))
 
 

@@ -1,0 +1,116 @@
+"""A training run's folder: one run per folder (a lock), checkpoints that are good when
+they are written, and a log that always agrees with the checkpoint.
+
+    runs/pose_m3/ckpt.pt       model config + weights + optimiser + history (model.save_checkpoint)
+    runs/pose_m3/log.jsonl     one JSON line per finished epoch, rewritten from the history
+    runs/pose_m3/.lock         the owning process id while a run writes here
+
+Nothing here is in the paper; it is what keeps a long run's results from being silently
+wrong: a checkpoint is written only when every weight and optimiser value is finite, to a
+temporary file renamed over the old one (a crash or a full disk leaves the last good file),
+and the log is the checkpoint's own history, so a kill between the two cannot duplicate an epoch.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from model import save_checkpoint
+
+
+class RunLock:
+    """`with RunLock(folder):` holds folder/.lock (O_EXCL, the process id inside) while a run
+    writes there. A lock whose process is gone is stale and taken over; a live one is an
+    error naming the folder and the process."""
+
+    def __init__(self, folder):
+        self.path = Path(folder) / ".lock"
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _alive(owner):
+                    raise SystemExit(f"{self.path.parent} is in use by another run (process {owner}): "
+                                     f"wait for it, or pass another --out") from None
+                self.path.unlink(missing_ok=True)          # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise SystemExit(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc):
+        if self._owner() == os.getpid():
+            self.path.unlink(missing_ok=True)
+        return False
+
+    def _owner(self):
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # exists, owned by someone else
+        return True
+    return True
+
+
+def non_finite(model, optimizer):
+    """Names of the parameters, buffers and optimiser-state tensors that hold NaN or inf."""
+    bad = [name for name, t in model.state_dict().items()
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    for i, state in enumerate(optimizer.state_dict()["state"].values()):
+        bad += [f"optimizer.state[{i}].{k}" for k, t in state.items()
+                if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
+    return bad
+
+
+def checkpoint_bytes(model, optimizer):
+    """About what a checkpoint takes on disk: every tensor of the model and the optimiser."""
+    tensors = list(model.state_dict().values())
+    tensors += [t for s in optimizer.state_dict()["state"].values() for t in s.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def save_run(folder, model, optimizer, epoch, train_config, history, last_good):
+    """Check, then write folder/ckpt.pt and folder/log.jsonl. Raises SystemExit without
+    writing when a weight or optimiser value is not finite (naming last_good, the file that
+    still holds good weights), and on a write error naming the folder and the space needed."""
+    folder = Path(folder)
+    bad = non_finite(model, optimizer)
+    if bad:
+        raise SystemExit(f"epoch {epoch + 1}: {len(bad)} weight / optimiser tensors are not finite "
+                         f"(first: {', '.join(bad[:3])}); nothing saved. Last good checkpoint: {last_good}")
+    try:
+        save_checkpoint(folder / "ckpt.pt", model, optimizer=optimizer.state_dict(), epoch=epoch,
+                        train_config=train_config, history=history)
+        write_log(folder, history)
+    except (OSError, RuntimeError) as e:
+        need = checkpoint_bytes(model, optimizer) / 2 ** 20
+        free = shutil.disk_usage(folder).free / 2 ** 20
+        raise SystemExit(f"could not write the checkpoint in {folder} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0]}): it needs about {need:.0f} MiB, {free:.0f} MiB are free. "
+                         f"Last good checkpoint: {last_good}; free some space and pass --resume") from None
+
+
+def write_log(folder, history):
+    """log.jsonl from the history, written whole and renamed (never appended)."""
+    path = Path(folder) / "log.jsonl"
+    tmp = path.with_name(f".log.{os.getpid()}.tmp")
+    try:
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in history))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,171 @@
+"""rundir.py and train.py against the ways a run goes silently wrong: divergence, a full
+disk, two runs in one folder, a kill between log and checkpoint, zero training steps,
+flags that are 0, negative or missing their partner, foreign or mismatched checkpoints."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import model as model_module
+import train
+from model import read_checkpoint
+from rundir import RunLock, non_finite, write_log
+from synthetic_coco import make_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("synthetic"), "pose", "train", 8)
+
+
+def argv(data, out, *extra):
+    ann, images = data
+    return ["--task", "pose", "--m", "2", "--ann", ann, "--images", images, "--arch", "small_dla", "--batch-size", "4",
+            "--input-size", "64", "--out", str(out), *extra]
+
+
+def all_finite(path):
+    state = read_checkpoint(path)
+    return all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+# ----------------------------------------------------------------------------- divergence
+def test_divergence_stops_without_saving_and_the_named_checkpoint_is_good(tiny, tmp_path):
+    run = tmp_path / "run"
+    train.main(argv(tiny, run, "--epochs", "1"))
+    with pytest.raises(SystemExit, match=r"(not finite|non-finite loss).*Last good checkpoint: .*ckpt.pt \(after epoch 1\)"):
+        train.main(argv(tiny, run, "--epochs", "6", "--lr", "1e8", "--resume"))
+    assert all_finite(run / "ckpt.pt") and read_checkpoint(run / "ckpt.pt")["epoch"] == 0
+
+
+def test_non_finite_weights_are_found_in_model_and_optimizer():
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.ones(1, 2)).sum().backward()
+    opt.step()
+    assert non_finite(net, opt) == []
+    with torch.no_grad():
+        net.bias[0] = float("nan")
+    opt.state[net.weight]["exp_avg"][0, 0] = float("inf")
+    assert non_finite(net, opt) == ["bias", "optimizer.state[0].exp_avg"]
+
+
+# ----------------------------------------------------------------------------- disk
+def test_full_disk_names_the_folder_leaves_no_temp_file_and_resume_works(tiny, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train.main(argv(tiny, run, "--epochs", "1"))
+    before = (run / "ckpt.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+    monkeypatch.setattr(model_module.torch, "save", full_disk)
+    with pytest.raises(SystemExit, match=rf"could not write the checkpoint in {run}.*needs about \d+ MiB.*--resume"):
+        train.main(argv(tiny, run, "--epochs", "2", "--resume"))
+    assert (run / "ckpt.pt").read_bytes() == before
+    assert sorted(p.name for p in run.iterdir() if "tmp" in p.name) == []
+    monkeypatch.setattr(model_module.torch, "save", real_save)
+    train.main(argv(tiny, run, "--epochs", "2", "--resume"))
+    assert read_checkpoint(run / "ckpt.pt")["epoch"] == 1
+
+
+def test_log_is_rewritten_from_the_history_never_duplicated(tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"epoch": 0}\n{"epoch": 0}\n')   # a kill between log and checkpoint
+    write_log(tmp_path, [{"epoch": 0}, {"epoch": 1}])
+    assert [json.loads(l)["epoch"] for l in (tmp_path / "log.jsonl").read_text().splitlines()] == [0, 1]
+
+
+# ----------------------------------------------------------------------------- one run per folder
+def test_a_live_lock_refuses_a_second_run_and_a_stale_one_is_taken(tiny, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(str(os.getppid()))          # a live process that is not us
+    with pytest.raises(SystemExit, match=rf"{run} is in use by another run \(process {os.getppid()}\)"):
+        train.main(argv(tiny, run, "--epochs", "1"))
+    assert not (run / "ckpt.pt").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / ".lock").write_text(dead.stdout.strip())        # its process has exited: stale
+    train.main(argv(tiny, run, "--epochs", "1"))
+    assert (run / "ckpt.pt").exists() and not (run / ".lock").exists()
+
+
+def test_lock_is_released_when_the_run_fails(tmp_path):
+    with pytest.raises(RuntimeError):
+        with RunLock(tmp_path):
+            assert (tmp_path / ".lock").read_text() == str(os.getpid())
+            raise RuntimeError("boom")
+    assert not (tmp_path / ".lock").exists()
+
+
+# ----------------------------------------------------------------------------- zero steps
+def test_fewer_images_than_a_batch_is_an_error(tiny, tmp_path):
+    with pytest.raises(SystemExit, match=r"no training step: its \d+ usable images are fewer than one batch of 64"):
+        train.main(argv(tiny, tmp_path / "run", "--epochs", "1", "--batch-size", "64"))
+
+
+def test_a_split_without_usable_images_is_an_error(tmp_path):
+    ann = tmp_path / "empty.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [
+        {"id": 1, "name": "person", "keypoints": ["nose"], "skeleton": []}]}))
+    with pytest.raises(SystemExit, match=r"empty.json: no training step: it has no usable image"):
+        train.main(argv((str(ann), str(tmp_path)), tmp_path / "run", "--epochs", "1"))
+
+
+# ----------------------------------------------------------------------------- flags
+@pytest.mark.parametrize("flag,value,message", [
+    ("--epochs", "0", "argument --epochs: must be > 0, got 0"),
+    ("--batch-size", "0", "argument --batch-size: must be > 0, got 0"),
+    ("--lr", "0", "argument --lr: must be > 0, got 0"),
+    ("--input-size", "-128", "argument --input-size: must be > 0, got -128"),
+    ("--epochs", "-1", "argument --epochs: must be > 0, got -1"),
+    ("--flip-prob", "2", "argument --flip-prob: must be between 0 and 1, got 2"),
+    ("--m", "-1", "argument --m/--mdn: must be >= 0, got -1"),
+    ("--workers", "-2", "argument --workers: must be >= 0, got -2"),
+])
+def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args([flag, value])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--input-size", "100"], "--input-size 100: small_dla needs a multiple of 32"),
+    (["--schedule", "2x"], "--schedule is for --arch hourglass104"),
+    (["--val-ann", "x.json"], "--val-ann / --val-images need --ann"),
+    (["--m", "0", "--sigma-floor", "3"], "--sigma-floor is for the mixture"),
+    (["--init", "a.pt", "--resume"], "--init starts a new run"),
+])
+def test_flag_combinations_are_checked(extra, message, tiny, monkeypatch):
+    import synthetic_coco
+    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny, "val": tiny})
+    with pytest.raises(SystemExit, match=message.replace("(", r"\(")):
+        train.config_from_args(train.parse_args(extra))
+
+
+def test_lr_steps_follow_the_epochs(tiny, monkeypatch):
+    import synthetic_coco
+    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny, "val": tiny})
+    cfg = lambda *a: train.config_from_args(train.parse_args(list(a)))[1]
+    assert cfg().lr_steps == [15] and cfg("--epochs", "4").lr_steps == [3]
+    assert cfg("--epochs", "4", "--lr-steps").lr_steps == [] and cfg("--lr-steps", "2", "5").lr_steps == [2, 5]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_resume_from_another_model_or_a_finished_run(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    train.main(argv(tiny, run, "--epochs", "1"))
+    other = argv(tiny, run, "--epochs", "2", "--resume")
+    other[other.index("--m") + 1] = "3"
+    with pytest.raises(SystemExit, match=r"the checkpoint is another model: m 2 \(checkpoint\) vs 3"):
+        train.main(other)
+    assert train.main(argv(tiny, run, "--epochs", "1", "--resume")) is None
+    assert "already finished its 1 epochs" in capsys.readouterr().out
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04junk")
+    junk = argv(tiny, tmp_path / "junk", "--epochs", "1", "--init", str(tmp_path / "junk.pt"))
+    with pytest.raises(SystemExit, match=r"--init: .*junk.pt: not a readable checkpoint"):
+        train.main(junk)
