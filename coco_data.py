@@ -89,14 +89,55 @@ def _check(ok, path, what):
         raise ValueError(f"{path}: {what}")
 
 
+def _is_numbers(value, width):
+    """value is one number (width None) or a list of `width` numbers, all finite."""
+    items = [value] if width is None else value if isinstance(value, list) and len(value) == width else None
+    try:
+        return items is not None and all(isinstance(v, (int, float)) and math.isfinite(v) for v in items)
+    except OverflowError:                              # an int beyond float64
+        return False
+
+
+def _numbers(path, kind, records, field, width=None, rule="a finite number", ok=None):
+    """records[i][field] -> float64 (n,) (width None) or (n, width), checked: every entry a
+    finite number (JSON's NaN / Infinity, null and strings are not) and ok(array) -> (n,)
+    bool true. Otherwise ValueError "{path}: {kind} id {id}: {field} must be {rule}, got ..."
+    for the first bad record. Vectorised, one np.array per field (COCO train's 860k boxes:
+    0.25 s, against tens of seconds of JSON parsing); the per-record scan runs only when
+    numpy gets no clean numeric array, i.e. when something is wrong."""
+    values = [r[field] for r in records]
+    shape = (len(values),) if width is None else (len(values), width)
+    if not values:
+        return np.zeros(shape)
+    try:
+        arr = np.array(values)                         # a numeric dtype iff all are numbers
+    except (ValueError, OverflowError):                # ragged lists
+        arr = None
+    if arr is None or arr.shape != shape or arr.dtype.kind not in "biuf":
+        bad = np.array([not _is_numbers(v, width) for v in values], bool)
+        arr = np.zeros(shape) if bad.any() else np.array(values, np.float64)  # ints > 2**63
+    else:
+        arr = arr.astype(np.float64, copy=False)
+        bad = ~np.isfinite(arr).reshape(len(values), -1).all(1)
+    if ok is not None and not bad.any():
+        bad = ~ok(arr)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{path}: {kind} id {records[i]['id']}: {field} must be {rule}, got {values[i]}")
+    return arr
+
+
 def load_coco(ann_file):
     """Read and validate a COCO annotation JSON -> pycocotools COCO.
 
     Required: images (id, file_name, width, height), categories (id, name), annotations
     (id, image_id, category_id, bbox of 4 numbers) pointing to known images and categories,
     keypoints of length 3K where the category names K keypoints (required on non-crowd
-    annotations of such a category). Filled in when absent, as COCOeval needs them:
-    iscrowd 0, area w * h, num_keypoints = number of joints with v > 0.
+    annotations of such a category). Every number must be finite (a NaN keypoint or area
+    makes COCOeval count a match): image width, height > 0; bbox [x, y, w, h] with
+    w, h >= 0; area >= 0; keypoints; num_keypoints >= 0; iscrowd 0 or 1. Filled in when
+    absent, as COCOeval needs them: iscrowd 0, area w * h, num_keypoints = number of
+    joints with v > 0. Errors are ValueErrors naming the file, the record and the field.
     """
     path = Path(ann_file)
     if not path.is_file():
@@ -116,24 +157,41 @@ def load_coco(ann_file):
             _check(not missing, path, f"{kind}[{i}] is missing {missing}")
     images = {im["id"] for im in data["images"]}
     _check(len(images) == len(data["images"]), path, "duplicate image ids")
+    for field in ("width", "height"):
+        _numbers(path, "image", data["images"], field, rule="a finite number > 0",
+                 ok=lambda v: v > 0)
     num_kpts = {c["id"]: len(c.get("keypoints") or []) for c in data["categories"]}
     _check(len(num_kpts) == len(data["categories"]), path, "duplicate category ids")
-    for a in data["annotations"]:
+    anns = data["annotations"]
+    with_kpts = {c: [] for c, K in num_kpts.items() if K}     # category id -> annotations
+    boxes = _numbers(path, "annotation", anns, "bbox", 4,
+                     "4 numbers [x, y, w, h], finite, w, h >= 0",
+                     lambda b: (b[:, 2:] >= 0).all(1))                       # (n, 4)
+    for a in anns:
         where = f"annotation id {a['id']}"
         _check(a["image_id"] in images, path, f"{where} points to unknown image id {a['image_id']}")
         _check(a["category_id"] in num_kpts, path,
                f"{where} points to unknown category id {a['category_id']}")
-        _check(isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(isinstance(v, (int, float)) for v in a["bbox"]),
-               path, f"{where}: bbox must be 4 numbers [x, y, w, h], got {a['bbox']}")
         K = num_kpts[a["category_id"]]
         if K and (a.get("keypoints") is not None or not a.get("iscrowd", 0)):
             kp = a.get("keypoints")
-            _check(kp is not None and len(kp) == 3 * K, path,
+            _check(isinstance(kp, list) and len(kp) == 3 * K, path,
                    f"{where}: keypoints must have 3 * {K} numbers (the category's keypoint "
-                   f"names), got {None if kp is None else len(kp)}")
-            a.setdefault("num_keypoints", int(sum(v > 0 for v in kp[2::3])))
+                   f"names), got {len(kp) if isinstance(kp, list) else kp}")
+            with_kpts[a["category_id"]].append(a)
+    for field, rule, ok in (("area", "a finite number >= 0", lambda v: v >= 0),
+                            ("num_keypoints", "a finite number >= 0", lambda v: v >= 0),
+                            ("iscrowd", "0 or 1", lambda v: (v == 0) | (v == 1))):
+        _numbers(path, "annotation", [a for a in anns if field in a], field, rule=rule, ok=ok)
+    for cat_id, group in with_kpts.items():
+        kps = _numbers(path, "annotation", group, "keypoints", 3 * num_kpts[cat_id],
+                       "finite numbers [x1, y1, v1, ...]")                   # (n, 3K)
+        for i in [i for i, a in enumerate(group) if "num_keypoints" not in a]:
+            group[i]["num_keypoints"] = int((kps[i, 2::3] > 0).sum())
+    for i in [i for i, a in enumerate(anns) if "area" not in a]:
+        anns[i]["area"] = float(boxes[i, 2] * boxes[i, 3])
+    for a in anns:
         a.setdefault("iscrowd", 0)
-        a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints "creating index..."

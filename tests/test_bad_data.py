@@ -88,3 +88,94 @@ def test_bad_annotation_json_errors_name_the_problem(tmp_path):
         cd.coco2017_paths(tmp_path, "det", "train")
 
 
+
+
+def _good():
+    """A valid two-image pose file (annotation ids 7 and 8) to break one number at a time."""
+    images = [dict(id=1, file_name="a.png", width=64, height=48),
+              dict(id=2, file_name="b.png", width=64, height=48)]
+    anns = [dict(person(1, 2, 30, 40, {"nose": (10, 12), "left_wrist": (20, 30)}), id=7, area=1200),
+            dict(person(5, 5, 20, 20), id=8, image_id=2, area=400, iscrowd=0)]
+    return dict(info={}, images=images, annotations=anns, categories=[dict(PERSON)])
+
+
+def _broken(edit):
+    """_good() with edit(data) applied (edit changes it in place)."""
+    data = _good()
+    edit(data)
+    return data
+
+
+def _set(kind, index, field, value, at=None):
+    def edit(data):
+        rec = data[kind][index]
+        if at is None:
+            rec[field] = value
+        else:
+            rec[field][at] = value
+    return edit
+
+
+NAN, INF = float("nan"), float("inf")
+BAD_NUMBERS = [  # (edit, expected message); json.dumps writes NaN / Infinity, which json reads
+    (_set("annotations", 0, "keypoints", NAN, 0), r"annotation id 7: keypoints must be"),
+    (_set("annotations", 1, "keypoints", INF, 4), r"annotation id 8: keypoints must be"),
+    (_set("annotations", 0, "keypoints", -INF, 5), r"annotation id 7: keypoints must be"),
+    (_set("annotations", 1, "keypoints", None, 3), r"annotation id 8: keypoints must be"),
+    (_set("annotations", 0, "keypoints", "12", 0), r"annotation id 7: keypoints must be"),
+    (_set("annotations", 0, "keypoints", 10 ** 400, 1), r"annotation id 7: keypoints must be"),
+    (_set("annotations", 0, "bbox", NAN, 0), r"annotation id 7: bbox must be 4 numbers"),
+    (_set("annotations", 1, "bbox", INF, 2), r"annotation id 8: bbox must be 4 numbers"),
+    (_set("annotations", 1, "bbox", None, 1), r"annotation id 8: bbox must be 4 numbers"),
+    (_set("annotations", 0, "bbox", "30", 2), r"annotation id 7: bbox must be 4 numbers"),
+    (_set("annotations", 1, "bbox", -20, 2), r"annotation id 8: bbox must be .*w, h >= 0"),
+    (_set("annotations", 0, "bbox", -0.5, 3), r"annotation id 7: bbox must be .*w, h >= 0"),
+    (_set("annotations", 0, "area", NAN), r"annotation id 7: area must be"),
+    (_set("annotations", 1, "area", -400), r"annotation id 8: area must be .*>= 0"),
+    (_set("annotations", 1, "area", "400"), r"annotation id 8: area must be"),
+    (_set("annotations", 0, "num_keypoints", NAN), r"annotation id 7: num_keypoints must be"),
+    (_set("annotations", 0, "num_keypoints", -1), r"annotation id 7: num_keypoints must be"),
+    (_set("annotations", 1, "iscrowd", NAN), r"annotation id 8: iscrowd must be 0 or 1"),
+    (_set("annotations", 1, "iscrowd", 2), r"annotation id 8: iscrowd must be 0 or 1"),
+    (_set("images", 1, "width", NAN), r"image id 2: width must be"),
+    (_set("images", 0, "height", -48), r"image id 1: height must be .*> 0"),
+    (_set("images", 0, "width", 0), r"image id 1: width must be .*> 0"),
+    (_set("images", 1, "height", "48"), r"image id 2: height must be"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_NUMBERS)))
+def test_numbers_must_be_finite_errors_name_file_id_and_field(tmp_path, case):
+    edit, message = BAD_NUMBERS[case]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(_broken(edit)))
+    with pytest.raises(ValueError, match=message) as err:
+        cd.load_coco(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_nan_bbox_fails_at_load_not_in_rendering(tmp_path):
+    """Before: CocoDataset loaded it and rendering failed with 'cannot convert float NaN to
+    integer', naming no file."""
+    data = _broken(_set("annotations", 0, "bbox", NAN, 1))
+    images = [dict(im) for im in data["images"]]
+    ann_file, image_dir = write_coco(tmp_path, images, data["annotations"], data["categories"])
+    with pytest.raises(ValueError, match=rf"{ann_file}: annotation id 7: bbox"):
+        cd.CocoDataset(ann_file, image_dir, "pose")
+
+
+def test_filled_in_fields_and_zero_sizes(tmp_path):
+    """iscrowd, area and num_keypoints are filled in when absent (from the vectorised
+    arrays); zero-size boxes and areas load (render_targets skips them)."""
+    data = _good()
+    for a in data["annotations"]:
+        for key in ("area", "iscrowd", "num_keypoints"):
+            a.pop(key, None)
+    data["annotations"].append(dict(id=9, image_id=2, category_id=1, bbox=[3, 4, 0, 5], iscrowd=1, area=0))
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    coco = cd.load_coco(path)
+    assert [coco.anns[i]["area"] for i in (7, 8, 9)] == [1200.0, 400.0, 0]
+    assert [coco.anns[i]["num_keypoints"] for i in (7, 8)] == [2, 0] and "num_keypoints" not in coco.anns[9]
+    assert [coco.anns[i]["iscrowd"] for i in (7, 8, 9)] == [0, 0, 1]
+    assert all(type(coco.anns[i]["num_keypoints"]) is int for i in (7, 8))  # JSON-serialisable
