@@ -42,7 +42,9 @@ Where this differs from the official code (CenterNet / MixtureDenseRegression):
   worker (base_seed + worker_id, new every epoch): no worker_init_fn needed, and
   torch.manual_seed(s) with num_workers=0 makes every sample reproducible.
 - Bad input raises errors naming the file (and image id); skip_bad_images=True instead
-  replaces an unreadable image by the next one, with a counted warning.
+  replaces an unreadable image by the next one, with a counted warning. Every number in an
+  annotation file is checked finite (a NaN keypoint or area counts as a match in COCOeval).
+  16-bit grey images are scaled by 1 / 257; 32-bit integer and float images are refused.
 """
 import contextlib
 import functools
@@ -68,6 +70,7 @@ EIG_VEC_RGB = np.array([[-0.56089297, 0.71832671, 0.41158938],   # rows: R, G, B
                         [-0.5832747, 0.00994535, -0.81221408],
                         [-0.58752847, -0.69563484, 0.41340352]], np.float32)
 GRAY_RGB = np.array([0.299, 0.587, 0.114], np.float32)  # cv2's BGR2GRAY weights, RGB order
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")   # PIL's 16-bit grey (PNG, TIFF)
 
 
 # ----------------------------------------------------------------------------- files
@@ -455,17 +458,29 @@ class CocoDataset(torch.utils.data.Dataset):
                 if a["category_id"] in self.cat_to_class and not a["iscrowd"]]
 
     def load_image(self, img_id):
-        """The image as PIL RGB (grayscale, palette, RGBA, CMYK become RGB)."""
+        """The image as PIL RGB (grayscale, palette, RGBA, CMYK become RGB). 16-bit grey
+        (PNG / TIFF modes I;16, I;16B) is scaled by its range, round(v / 257): 65535 -> 255
+        (PIL's convert would clip every value above 255 to white). 32-bit integer ('I') and
+        float ('F') images have no range a file states, so they are refused (BadImageError)."""
         info = self.coco.imgs[img_id]
         path = self.image_dir / info["file_name"]
         try:
             with Image.open(path) as im:
                 im.load()                                  # decode now, inside the try
-                image = im if im.mode == "RGB" else im.convert("RGB")
+                mode, image = im.mode, None
+                if mode in SIXTEEN_BIT_MODES:
+                    grey = (np.asarray(im).astype(np.uint32) + 128) // 257    # (h, w) round(v / 257)
+                    image = Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+                elif mode not in ("I", "F"):
+                    image = im if mode == "RGB" else im.convert("RGB")
         except FileNotFoundError:
             raise BadImageError(f"image id {img_id}: file not found: {path}") from None
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise BadImageError(f"image id {img_id}: cannot read {path}: {e}") from e
+        if image is None:
+            raise BadImageError(f"image id {img_id}: {path}: mode '{mode}' (32-bit "
+                                f"{'float' if mode == 'F' else 'integer'}) has no defined 8-bit "
+                                f"range; convert it to 8 bits (or 16-bit PNG) first")
         if image.size != (info["width"], info["height"]):
             raise BadImageError(f"image id {img_id}: {path} is {image.size[0]}x{image.size[1]}, "
                                 f"the annotations say {info['width']}x{info['height']}")

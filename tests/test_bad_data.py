@@ -31,6 +31,34 @@ def test_image_modes_become_rgb(tmp_path):
     assert np.abs(np.asarray(ds.load_image(3), np.int16) - rgb).mean() < 8
 
 
+
+def test_sixteen_bit_images_scale_and_float_or_int32_are_refused(tmp_path):
+    """16-bit grey (PNG I;16, TIFF I;16 and big-endian I;16B) -> 8 bits by round(v / 257),
+    the full 16-bit range onto 0..255. Before: convert("RGB") clipped every value > 255 to
+    white. 32-bit int ('I') and float ('F') have no range to scale by: refused by name."""
+    g = (np.arange(40 * 50).reshape(40, 50) * 32.77).astype(np.uint16)   # 0 .. 65500
+    g[0, :3] = [0, 65535, 128]
+    pixels = {"g16.png": Image.fromarray(g), "g16.tif": Image.fromarray(g),
+              "g16b.tif": Image.fromarray(g.astype(">u2")),
+              "i32.tif": Image.fromarray(g.astype(np.int32)),
+              "f32.tif": Image.fromarray(g.astype(np.float32) / 65535)}
+    assert [im.mode for im in pixels.values()] == ["I;16", "I;16", "I;16B", "I", "F"]
+    images = [dict(id=i + 1, file_name=n, width=50, height=40) for i, n in enumerate(pixels)]
+    ann_file, image_dir = write_coco(tmp_path, images, [], [dict(id=1, name="x")], pixels)
+    ds = cd.CocoDataset(ann_file, image_dir, "det", input_size=64)
+    expected = np.floor(g / 257 + 0.5).astype(np.uint8)
+    assert expected[0, :3].tolist() == [0, 255, 0] and expected.max() == 255
+    for img_id in (1, 2, 3):
+        assert Image.open(image_dir / images[img_id - 1]["file_name"]).mode in ("I;16", "I;16B")
+        img = ds.load_image(img_id)
+        assert img.mode == "RGB" and img.size == (50, 40)
+        rgb = np.asarray(img)
+        assert all(np.array_equal(rgb[..., c], expected) for c in range(3)), img_id
+    for img_id, name, mode in ((4, "i32.tif", "I"), (5, "f32.tif", "F")):
+        with pytest.raises(cd.BadImageError, match=rf"image id {img_id}: {image_dir / name}: "
+                                                   rf"mode '{mode}'.*convert it to 8 bits"):
+            ds.load_image(img_id)
+
 def test_bad_images_raise_or_skip(tmp_path):
     images = [dict(id=11, file_name="ok.png", width=32, height=32),
               dict(id=12, file_name="missing.png", width=32, height=32),
