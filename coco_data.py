@@ -4,7 +4,8 @@ One data path for real COCO 2017, the real sample in ../shared/coco_sample and t
 datasets of synthetic_coco.py: a COCO annotation JSON plus an image folder, read with pycocotools.
 
   coco2017_paths / load_coco      find and validate an annotation file (clear errors)
-  flip_index                      each joint's mirror joint, from the keypoint names
+  joint_side / flip_index         a joint's side and each joint's mirror joint, from the
+                                  keypoint names or the category's 0-based "flip_pairs"
   gaussian_radius / draw_gaussian CornerNet's radius and splat (CenterNet's image.py)
   render_targets                  the target dict of mdn_dense.py's docstring (CenterNet's
                                   ctdet.py / multi_pose.py __getitem__), a pure function
@@ -51,6 +52,7 @@ import functools
 import io
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -130,13 +132,32 @@ def _numbers(path, kind, records, field, width=None, rule="a finite number", ok=
     return arr
 
 
+def _check_category(path, cat):
+    """A category's optional keypoint fields: keypoints (distinct names) and flip_pairs."""
+    where = f"category id {cat['id']}"
+    names = cat.get("keypoints") or []
+    _check(isinstance(names, list) and all(isinstance(n, str) for n in names)
+           and len(set(names)) == len(names), path,
+           f"{where}: keypoints must be a list of distinct joint names, got {names}")
+    pairs, K = cat.get("flip_pairs"), len(names)
+    if pairs is not None:
+        ok = isinstance(pairs, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(type(i) is int and 0 <= i < K for i in p)
+            for p in pairs)
+        flat = [i for p in pairs for i in p] if ok else []
+        _check(ok and len(set(flat)) == len(flat), path,
+               f"{where}: flip_pairs must be 0-based [i, j] pairs of distinct joints in "
+               f"0..{K - 1}, each joint in one pair at most, got {pairs}")
+
+
 def load_coco(ann_file):
     """Read and validate a COCO annotation JSON -> pycocotools COCO.
 
     Required: images (id, file_name, width, height), categories (id, name), annotations
     (id, image_id, category_id, bbox of 4 numbers) pointing to known images and categories,
     keypoints of length 3K where the category names K keypoints (required on non-crowd
-    annotations of such a category). Every number must be finite (a NaN keypoint or area
+    annotations of such a category). Optional category field flip_pairs: 0-based [i, j]
+    pairs of mirror joints (see flip_index). Every number must be finite (a NaN keypoint or area
     makes COCOeval count a match): image width, height > 0; bbox [x, y, w, h] with
     w, h >= 0; area >= 0; keypoints; num_keypoints >= 0; iscrowd 0 or 1. Filled in when
     absent, as COCOeval needs them: iscrowd 0, area w * h, num_keypoints = number of
@@ -163,6 +184,8 @@ def load_coco(ann_file):
     for field in ("width", "height"):
         _numbers(path, "image", data["images"], field, rule="a finite number > 0",
                  ok=lambda v: v > 0)
+    for c in data["categories"]:
+        _check_category(path, c)
     num_kpts = {c["id"]: len(c.get("keypoints") or []) for c in data["categories"]}
     _check(len(num_kpts) == len(data["categories"]), path, "duplicate category ids")
     anns = data["annotations"]
@@ -202,19 +225,56 @@ def load_coco(ann_file):
     return coco
 
 
-def flip_index(keypoint_names):
-    """Each joint's mirror joint: left_X <-> right_X (also 'l_'/'r_' prefixes); others map
-    to themselves. Returns a list of K ints, an involution (flip twice = identity)."""
-    index = {name: i for i, name in enumerate(keypoint_names)}
-    out = []
+# A joint name's words: split at any non-alphanumeric character and at camelCase steps
+# ("leftHand", "LHand" -> "L", "Hand"); digits stay with their letters, so "L1" (a lumbar
+# vertebra) is one word, not a left joint.
+_WORDS = re.compile(r"[A-Z]+(?![a-z0-9])|[A-Z]?[a-z0-9]+")
+_SIDE_WORDS = {"left": "left", "l": "left", "right": "right", "r": "right"}
+
+
+def _words(name):
+    return [w.lower() for w in _WORDS.findall(name)]
+
+
+def joint_side(name):
+    """The side a joint name says, "left" | "right" | None: a word (see _WORDS) that is
+    left / l or right / r, any case: left_hand, hand_L, leftHand, LHand, "Hand-Right".
+    None for no side word or both. The one rule for every module that asks."""
+    sides = {_SIDE_WORDS[w] for w in _words(name) if w in _SIDE_WORDS}
+    return sides.pop() if len(sides) == 1 else None
+
+
+def flip_index(keypoint_names, flip_pairs=None):
+    """Each joint's mirror joint: a list of K ints, an involution (flip twice = identity).
+
+    flip_pairs (a category's "flip_pairs" field: 0-based [i, j] pairs) when given.
+    Otherwise from the names: a left and a right joint (joint_side) pair when their other
+    words agree, so left_hand, hand_l, LHand and "Hand Left" all mirror right_hand. Joints
+    without a pair map to themselves, with a warning listing those whose names look sided
+    (joint_side, or "left" / "right" inside a word, e.g. lefthand) but found no mirror.
+    """
+    index = list(range(len(keypoint_names)))
+    if flip_pairs is not None:
+        for i, j in flip_pairs:
+            index[i], index[j] = j, i
+        return index
+    groups = {}                                   # the name without its side -> side -> joints
     for i, name in enumerate(keypoint_names):
-        mirror = name
-        for a, b in (("left_", "right_"), ("right_", "left_"), ("l_", "r_"), ("r_", "l_")):
-            if name.startswith(a) and b + name[len(a):] in index:
-                mirror = b + name[len(a):]
-                break
-        out.append(index[mirror])
-    return out
+        side = joint_side(name)
+        if side:
+            rest = tuple(w for w in _words(name) if w not in _SIDE_WORDS)
+            groups.setdefault(rest, {}).setdefault(side, []).append(i)
+    for g in groups.values():
+        if len(g.get("left", ())) == 1 == len(g.get("right", ())):   # two left_hands: ambiguous
+            (i,), (j,) = g["left"], g["right"]
+            index[i], index[j] = j, i
+    unpaired = [n for i, n in enumerate(keypoint_names) if index[i] == i
+                and (joint_side(n) or "left" in n.lower() or "right" in n.lower())]
+    if unpaired:
+        warnings.warn(f"keypoint names that look left/right have no mirror joint: {unpaired}; "
+                      f"a flip leaves them in place. Name both sides alike (left_x / right_x) "
+                      f"or give the category 'flip_pairs' (0-based [i, j] pairs)")
+    return index
 
 
 # ----------------------------------------------------------------------------- targets
@@ -439,7 +499,7 @@ class CocoDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{ann_file}: pose needs exactly one category with keypoint "
                                  f"names, found {len(cats)}")
             self.keypoint_names = list(cats[0]["keypoints"])
-            self.flip_idx = flip_index(self.keypoint_names)
+            self.flip_idx = flip_index(self.keypoint_names, cats[0].get("flip_pairs"))
         else:
             self.keypoint_names, self.flip_idx = [], None
         self.num_joints = len(self.keypoint_names)

@@ -207,3 +207,31 @@ def test_filled_in_fields_and_zero_sizes(tmp_path):
     assert [coco.anns[i]["num_keypoints"] for i in (7, 8)] == [2, 0] and "num_keypoints" not in coco.anns[9]
     assert [coco.anns[i]["iscrowd"] for i in (7, 8, 9)] == [0, 0, 1]
     assert all(type(coco.anns[i]["num_keypoints"]) is int for i in (7, 8))  # JSON-serialisable
+
+
+def _category(**fields):
+    return lambda data: data["categories"][0].update(fields)
+
+
+BAD_CATEGORIES = [
+    (_category(keypoints="nose"), r"category id 1: keypoints must be a list of distinct"),
+    (_category(keypoints=PERSON["keypoints"][:16] + [3]), r"category id 1: keypoints must be"),
+    (_category(keypoints=PERSON["keypoints"][:16] + ["nose"]), r"category id 1: keypoints must be"),
+    (_category(flip_pairs=[[1, 17]]), r"category id 1: flip_pairs must be 0-based .* 0\.\.16"),
+    (_category(flip_pairs=[[-1, 2]]), r"category id 1: flip_pairs must be 0-based"),
+    (_category(flip_pairs=[[1, 1]]), r"category id 1: flip_pairs must be .*distinct"),
+    (_category(flip_pairs=[[1, 2], [2, 3]]), r"category id 1: flip_pairs must be .*one pair at most"),
+    (_category(flip_pairs=[[1, 2, 3]]), r"category id 1: flip_pairs must be 0-based \[i, j\]"),
+    (_category(flip_pairs=[[1.0, 2]]), r"category id 1: flip_pairs must be 0-based"),
+    (_category(flip_pairs=[1, 2]), r"category id 1: flip_pairs must be 0-based"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_CATEGORIES)))
+def test_bad_category_fields_name_file_and_category(tmp_path, case):
+    edit, message = BAD_CATEGORIES[case]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(_broken(edit)))
+    with pytest.raises(ValueError, match=message) as err:
+        cd.load_coco(path)
+    assert str(err.value).startswith(f"{path}: ")

@@ -3,6 +3,7 @@ the ground truth -> targets -> decode -> COCOeval round trip (synthetic and real
 flip and warp invariances, and the random streams (bad inputs: test_bad_data.py)."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,40 @@ def test_affine_round_trip_and_flip_twice():
     assert [idx[i] for i in idx] == list(range(17))
     assert cd.flip_index(["head", "l_hand", "r_hand", "right_foot", "left_foot"]) == [0, 2, 1, 4, 3]
 
+
+
+@pytest.mark.parametrize("left, right", [
+    ("left_hand", "right_hand"), ("hand_left", "hand_right"), ("l_hand", "r_hand"),
+    ("hand_l", "hand_r"), ("leftHand", "rightHand"), ("LeftHand", "RightHand"), ("LHand", "RHand"),
+    ("L_hand", "R_hand"), ("Hand_L", "Hand_R"), ("HAND-LEFT", "HAND-RIGHT"), ("left hand", "right hand"),
+    ("left_hand", "hand_r")])
+def test_flip_index_pairs_common_side_namings(left, right):
+    assert cd.joint_side(left) == "left" and cd.joint_side(right) == "right"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                 # and no unpaired warning
+        assert cd.flip_index(["head", right, "neck", left]) == [0, 3, 2, 1]
+
+
+def test_joint_side_none_and_unpaired_warning_and_explicit_pairs():
+    for name in ("nose", "L1", "l5_vertebra", "upright", "lower_lip", "MidHip", "left_right", ""):
+        assert cd.joint_side(name) is None, name
+    names = ["head", "left_hand", "right_foot", "lefthand", "righthand", "upright"]
+    with pytest.warns(UserWarning, match=r"no mirror joint: \['left_hand', 'right_foot', "
+                                         r"'lefthand', 'righthand', 'upright'\].*flip_pairs"):
+        assert cd.flip_index(names) == list(range(6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                 # explicit: no guessing
+        assert cd.flip_index(names, [[1, 4], [3, 2]]) == [0, 4, 3, 2, 1, 5]
+        assert cd.flip_index(COCO_NAMES) == cd.flip_index(COCO_NAMES, [[1, 2], [3, 4], [5, 6], [7, 8],
+                                                                       [9, 10], [11, 12], [13, 14], [15, 16]])
+
+
+def test_category_flip_pairs_reach_the_dataset(tmp_path):
+    cat = dict(id=1, name="hand", keypoints=["wrist", "thumb", "pinky", "palm"], flip_pairs=[[1, 2]])
+    ann = dict(image_id=1, category_id=1, bbox=[2, 2, 20, 20], keypoints=[5, 5, 2] * 4)
+    ann_file, image_dir = write_coco(tmp_path, [dict(id=1, file_name="h.png", width=32, height=32)],
+                                     [ann], [cat])
+    assert cd.CocoDataset(ann_file, image_dir, "pose").flip_idx == [0, 2, 1, 3]
 
 def test_pil_warp_agrees_with_target_coordinates():
     """A bright pixel covering [x, x+1) lands where apply_affine sends its centre x + 0.5."""
