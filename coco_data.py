@@ -11,7 +11,8 @@ datasets of synthetic_coco.py: a COCO annotation JSON plus an image folder, read
                                   ctdet.py / multi_pose.py __getitem__), a pure function
   affine_matrix / invert_affine / apply_affine   the one warp per image and its inverse
   color_matrix                    colour jitter + PCA lighting + normalisation as one 3x3 map
-  CocoDataset                     the torch Dataset for task "det" or "pose"
+  CocoDataset                     the torch Dataset for task "det" or "pose"; oks_sigmas
+                                  from the category's "sigmas" (COCO's for COCO's names)
 
 Coordinates are continuous: pixel (i, j) covers [i, i+1) x [j, j+1), as COCO boxes and PIL's
 Image.transform use them, so a warp and its inverse are exact and the output map is input / 4.
@@ -73,6 +74,14 @@ EIG_VEC_RGB = np.array([[-0.56089297, 0.71832671, 0.41158938],   # rows: R, G, B
                         [-0.58752847, -0.69563484, 0.41340352]], np.float32)
 GRAY_RGB = np.array([0.299, 0.587, 0.114], np.float32)  # cv2's BGR2GRAY weights, RGB order
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")   # PIL's 16-bit grey (PNG, TIFF)
+# COCO's person keypoints and their OKS sigmas in pycocotools' convention (= the paper's / 10,
+# = mdn_dense.COCO_KPT_SCALE): the default oks_sigmas when a category names exactly these.
+COCO_PERSON_KEYPOINTS = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle"]
+COCO_PERSON_SIGMAS = np.array([.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062,
+                               .107, .107, .087, .087, .089, .089])
 
 
 # ----------------------------------------------------------------------------- files
@@ -133,7 +142,7 @@ def _numbers(path, kind, records, field, width=None, rule="a finite number", ok=
 
 
 def _check_category(path, cat):
-    """A category's optional keypoint fields: keypoints (distinct names) and flip_pairs."""
+    """A category's optional keypoint fields: keypoints (distinct names), flip_pairs, sigmas."""
     where = f"category id {cat['id']}"
     names = cat.get("keypoints") or []
     _check(isinstance(names, list) and all(isinstance(n, str) for n in names)
@@ -148,6 +157,9 @@ def _check_category(path, cat):
         _check(ok and len(set(flat)) == len(flat), path,
                f"{where}: flip_pairs must be 0-based [i, j] pairs of distinct joints in "
                f"0..{K - 1}, each joint in one pair at most, got {pairs}")
+    if "sigmas" in cat:
+        _numbers(path, "category", [cat], "sigmas", K, f"{K} finite numbers > 0, one per keypoint "
+                 f"name (pycocotools' scale: COCO's nose is 0.026)", lambda s: (s > 0).all(1))
 
 
 def load_coco(ann_file):
@@ -156,8 +168,9 @@ def load_coco(ann_file):
     Required: images (id, file_name, width, height), categories (id, name), annotations
     (id, image_id, category_id, bbox of 4 numbers) pointing to known images and categories,
     keypoints of length 3K where the category names K keypoints (required on non-crowd
-    annotations of such a category). Optional category field flip_pairs: 0-based [i, j]
-    pairs of mirror joints (see flip_index). Every number must be finite (a NaN keypoint or area
+    annotations of such a category). Optional category fields: flip_pairs, 0-based [i, j]
+    pairs of mirror joints (see flip_index); sigmas, K OKS sigmas > 0 in pycocotools'
+    convention (as COCO-format tools such as MMPose write them). Every number must be finite (a NaN keypoint or area
     makes COCOeval count a match): image width, height > 0; bbox [x, y, w, h] with
     w, h >= 0; area >= 0; keypoints; num_keypoints >= 0; iscrowd 0 or 1. Filled in when
     absent, as COCOeval needs them: iscrowd 0, area w * h, num_keypoints = number of
@@ -476,11 +489,13 @@ class CocoDataset(torch.utils.data.Dataset):
     deterministic letterbox: centre of the image, scale max(h, w), fixed size S.
     skip_bad_images=True replaces an unreadable image by the next readable one with a
     counted warning (evaluation should deduplicate image ids); otherwise it raises.
+    oks_sigmas (K,) float64 or None: COCOeval's per-joint sigmas (pycocotools' convention),
+    the argument, else the category's "sigmas", else COCO's when the names are COCO's 17.
     """
 
     def __init__(self, ann_file, image_dir, task, train=False, input_size=512, max_objs=None,
                  scales=TRAIN_SCALES, random_center=True, flip_prob=0.5, color_aug=True,
-                 min_overlap=0.7, skip_bad_images=False):
+                 min_overlap=0.7, skip_bad_images=False, oks_sigmas=None):
         if task not in ("det", "pose"):
             raise ValueError(f"task must be 'det' or 'pose', got {task!r}")
         if input_size % STRIDE:
@@ -503,12 +518,32 @@ class CocoDataset(torch.utils.data.Dataset):
         else:
             self.keypoint_names, self.flip_idx = [], None
         self.num_joints = len(self.keypoint_names)
+        self.oks_sigmas = self._oks_sigmas(oks_sigmas, cats[0] if task == "pose" else None)
         self.cat_ids = [c["id"] for c in cats]                 # class id -> COCO category id
         self.cat_to_class = {c: i for i, c in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
         self.image_ids = sorted(coco.imgs)
         if task == "pose" and train:
             self.image_ids = [i for i in self.image_ids if self._annotations(i)]
+
+    def _oks_sigmas(self, given, cat):
+        """The argument, else the category's "sigmas", else COCO's for COCO's 17 names."""
+        if cat is None:
+            if given is not None:
+                raise ValueError("oks_sigmas is for task pose")
+            return None
+        if given is None and "sigmas" in cat:                  # checked by load_coco
+            return np.array(cat["sigmas"], np.float64)
+        if given is None:
+            return COCO_PERSON_SIGMAS.copy() if self.keypoint_names == COCO_PERSON_KEYPOINTS else None
+        try:
+            s = np.array(given, np.float64)
+        except (TypeError, ValueError):
+            s = np.zeros(0)
+        if s.shape != (self.num_joints,) or not (np.isfinite(s) & (s > 0)).all():
+            raise ValueError(f"oks_sigmas must be {self.num_joints} finite numbers > 0 (one per keypoint "
+                             f"name of {self.ann_file}, pycocotools' scale), got {given}")
+        return s
 
     def __len__(self):
         return len(self.image_ids)

@@ -224,6 +224,12 @@ BAD_CATEGORIES = [
     (_category(flip_pairs=[[1, 2, 3]]), r"category id 1: flip_pairs must be 0-based \[i, j\]"),
     (_category(flip_pairs=[[1.0, 2]]), r"category id 1: flip_pairs must be 0-based"),
     (_category(flip_pairs=[1, 2]), r"category id 1: flip_pairs must be 0-based"),
+    (_category(sigmas=[0.05] * 16), r"category id 1: sigmas must be 17 finite numbers > 0"),
+    (_category(sigmas=[0.05] * 16 + [0]), r"category id 1: sigmas must be 17 finite numbers > 0"),
+    (_category(sigmas=[0.05] * 16 + [-0.05]), r"category id 1: sigmas must be 17 finite"),
+    (_category(sigmas=[0.05] * 16 + [NAN]), r"category id 1: sigmas must be 17 finite"),
+    (_category(sigmas=[0.05] * 16 + ["0.05"]), r"category id 1: sigmas must be 17 finite"),
+    (_category(sigmas=0.05), r"category id 1: sigmas must be 17 finite"),
 ]
 
 
@@ -235,3 +241,14 @@ def test_bad_category_fields_name_file_and_category(tmp_path, case):
     with pytest.raises(ValueError, match=message) as err:
         cd.load_coco(path)
     assert str(err.value).startswith(f"{path}: ")
+
+
+
+def test_oks_sigmas_argument_is_checked(tmp_path):
+    data = _good()
+    ann_file, image_dir = write_coco(tmp_path, data["images"], data["annotations"], data["categories"])
+    for bad in ([0.05] * 16, [0.05] * 16 + [0], [0.05] * 16 + [NAN], ["a"] * 17):
+        with pytest.raises(ValueError, match=rf"oks_sigmas must be 17 finite numbers > 0 .*{ann_file}"):
+            cd.CocoDataset(ann_file, image_dir, "pose", oks_sigmas=bad)
+    with pytest.raises(ValueError, match="oks_sigmas is for task pose"):
+        cd.CocoDataset(ann_file, image_dir, "det", oks_sigmas=[0.05] * 17)

@@ -371,6 +371,22 @@ def test_flip_keeps_left_wrist_left(tmp_path):
                        atol=1e-4)
 
 
+
+def test_oks_sigmas_from_the_category_coco_default_or_none(tmp_path):
+    image = [dict(id=1, file_name="p.png", width=32, height=32)]
+    hand = dict(id=1, name="hand", keypoints=["wrist", "tip"])
+    ann = dict(image_id=1, category_id=1, bbox=[2, 2, 20, 20], keypoints=[5, 5, 2] * 2)
+    cases = [(PERSON, None, md.COCO_KPT_SCALE),                # COCO's names: pycocotools' sigmas
+             (dict(PERSON, sigmas=[0.05] * 17), None, [0.05] * 17), (hand, None, None),
+             (dict(hand, sigmas=[0.1, 0.2]), None, [0.1, 0.2]), (dict(hand, sigmas=[0.1, 0.2]), [1, 2], [1, 2])]
+    for i, (cat, given, expected) in enumerate(cases):
+        a = dict(ann, keypoints=[5, 5, 2] * len(cat["keypoints"]))
+        ann_file, image_dir = write_coco(tmp_path / str(i), image, [a], [cat])
+        s = cd.CocoDataset(ann_file, image_dir, "pose", oks_sigmas=given).oks_sigmas
+        assert (s is None) if expected is None else (s.dtype == np.float64 and np.allclose(s, expected)), i
+    assert np.allclose(cd.COCO_PERSON_SIGMAS, md.COCO_KPT_SCALE) and cd.COCO_PERSON_KEYPOINTS == COCO_NAMES
+    assert cd.CocoDataset(ann_file, image_dir, "det").oks_sigmas is None
+
 # ----------------------------------------------------------------------------- random streams
 def twin_dataset(tmp_path, **kw):
     """Two images with identical pixels and annotations: only the random stream differs."""
