@@ -524,7 +524,7 @@ class CocoDataset(torch.utils.data.Dataset):
         self.num_classes = len(self.cat_ids)
         self.image_ids = sorted(coco.imgs)
         if task == "pose" and train:
-            self.image_ids = [i for i in self.image_ids if self._annotations(i)]
+            self.image_ids = [i for i in self.image_ids if self.annotations(i)]
 
     def _oks_sigmas(self, given, cat):
         """The argument, else the category's "sigmas", else COCO's for COCO's 17 names."""
@@ -548,9 +548,13 @@ class CocoDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.image_ids)
 
-    def _annotations(self, img_id):
+    def annotations(self, img_id):
+        """The COCO annotation dicts of image img_id that are targets: the task's categories,
+        not crowd, in file order (zero-size boxes included: render_targets skips them)."""
         return [a for a in self.coco.imgToAnns.get(img_id, [])
                 if a["category_id"] in self.cat_to_class and not a["iscrowd"]]
+
+    _annotations = annotations   # the old private name, still called by notebooks 02-05
 
     def load_image(self, img_id):
         """The image as PIL RGB (grayscale, palette, RGBA, CMYK become RGB). 16-bit grey
@@ -612,7 +616,7 @@ class CocoDataset(torch.utils.data.Dataset):
         img2in = affine_matrix(center, scale, S, flip)            # (2, 3)
         inp = to_input(warp_image(image, img2in, S), rng if self.color_aug else None)  # (3, S, S)
         img2out = img2in / STRIDE
-        anns = self._annotations(img_id)
+        anns = self.annotations(img_id)
         boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
         corners = apply_affine(np.stack([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1), img2out)
         boxes = np.concatenate([corners.min(1), corners.max(1)], 1)  # (n, 4) x1 y1 x2 y2

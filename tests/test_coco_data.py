@@ -326,6 +326,8 @@ def test_crowd_zero_keypoint_and_empty_images(tmp_path):
     ann_file, image_dir = write_coco(tmp_path, images, anns, [PERSON])
     ds = cd.CocoDataset(ann_file, image_dir, "pose", input_size=128)
     assert ds.image_ids == [1, 2, 3]
+    assert [a["id"] for a in ds.annotations(1)] == [1, 2] and ds.annotations(3) == []  # no crowd
+    assert ds._annotations(1) == ds.annotations(1)                     # the old name, for notebooks
     s = ds[0]
     assert s["mask"].sum() == 2 and (s["hm"] == 1).sum() == 2          # crowd skipped
     assert s["hps_mask"][0].sum() == 2 and s["hps_mask"][1].sum() == 0  # zero keypoints
