@@ -13,6 +13,7 @@ datasets of synthetic_coco.py: a COCO annotation JSON plus an image folder, read
   color_matrix                    colour jitter + PCA lighting + normalisation as one 3x3 map
   CocoDataset                     the torch Dataset for task "det" or "pose"; oks_sigmas
                                   from the category's "sigmas" (COCO's for COCO's names)
+  CocoDataset.check_trainable     a clear error when a split cannot train (no usable data)
 
 Coordinates are continuous: pixel (i, j) covers [i, i+1) x [j, j+1), as COCO boxes and PIL's
 Image.transform use them, so a warp and its inverse are exact and the output map is input / 4.
@@ -555,6 +556,33 @@ class CocoDataset(torch.utils.data.Dataset):
                 if a["category_id"] in self.cat_to_class and not a["iscrowd"]]
 
     _annotations = annotations   # the old private name, still called by notebooks 02-05
+
+    def check_trainable(self, batch_size, drop_last=True):
+        """Raise ValueError naming the annotation file when this split cannot train: no
+        images, no usable object in image_ids (every annotation crowd, zero-size or of
+        another category), or fewer images than batch_size (the global batch) with
+        drop_last, where the loader would make no batch and an epoch would silently do
+        nothing. Call it after any cut of image_ids. Returns the images with an object."""
+        where = f"{self.ann_file}: cannot train {self.task}"
+        if not self.coco.imgs:
+            raise ValueError(f"{where}: the file lists no images")
+        def usable(a):                                   # render_targets skips zero-size boxes
+            return a["bbox"][2] > 0 and a["bbox"][3] > 0
+
+        with_objects = sum(any(map(usable, self.annotations(i))) for i in self.image_ids)
+        if not with_objects:
+            ours = [a for a in self.coco.anns.values() if a["category_id"] in self.cat_to_class]
+            crowd = sum(bool(a["iscrowd"]) for a in ours)
+            names = [self.coco.cats[c]["name"] for c in self.cat_ids]
+            raise ValueError(f"{where}: no usable object in {len(self.image_ids)} of its "
+                             f"{len(self.coco.imgs)} images (the file has {len(self.coco.anns)} "
+                             f"annotations, {len(ours)} of {names}, {crowd} crowd, "
+                             f"{sum(not a['iscrowd'] and not usable(a) for a in ours)} with zero "
+                             f"width or height)")
+        if drop_last and len(self.image_ids) < batch_size:
+            raise ValueError(f"{where}: {len(self.image_ids)} images < batch size {batch_size}: "
+                             f"with drop_last the loader makes no batch (lower the batch size)")
+        return with_objects
 
     def load_image(self, img_id):
         """The image as PIL RGB (grayscale, palette, RGBA, CMYK become RGB). 16-bit grey

@@ -252,3 +252,29 @@ def test_oks_sigmas_argument_is_checked(tmp_path):
             cd.CocoDataset(ann_file, image_dir, "pose", oks_sigmas=bad)
     with pytest.raises(ValueError, match="oks_sigmas is for task pose"):
         cd.CocoDataset(ann_file, image_dir, "det", oks_sigmas=[0.05] * 17)
+
+
+# ----------------------------------------------------------------------------- zero usable data
+def test_check_trainable_names_the_file_and_the_reason(tmp_path):
+    im = [dict(id=i, file_name=f"{i}.png", width=32, height=32) for i in (1, 2)]
+    dog = dict(id=2, name="dog")
+    cases = [  # (images, annotations, categories, task, expected message)
+        ([], [], [dict(id=1, name="x")], "det", r"cannot train det: the file lists no images"),
+        (im, [dict(image_id=1, category_id=1, bbox=[1, 1, 9, 9], iscrowd=1)], [dict(id=1, name="x")], "det",
+         r"no usable object in 2 of its 2 images .*1 annotations, 1 of \['x'\], 1 crowd"),
+        (im, [dict(image_id=2, category_id=1, bbox=[1, 1, 0, 9])], [dict(id=1, name="x")], "det",
+         r"no usable object .*1 with zero width or height"),
+        (im, [dict(person(1, 1, 9, 9), iscrowd=1)], [PERSON], "pose",
+         r"cannot train pose: no usable object in 0 of its 2 images .*1 of \['person'\], 1 crowd"),
+        (im, [dict(image_id=1, category_id=2, bbox=[1, 1, 9, 9])], [PERSON, dog], "pose",
+         r"no usable object .*1 annotations, 0 of \['person'\]"),
+        (im, [person(1, 1, 9, 9)], [PERSON], "det", r"2 images < batch size 4: with drop_last")]
+    for i, (images, anns, cats, task, message) in enumerate(cases):
+        ann_file, image_dir = write_coco(tmp_path / str(i), images, anns, cats)
+        ds = cd.CocoDataset(ann_file, image_dir, task, train=True)
+        with pytest.raises(ValueError, match=rf"{ann_file}: .*{message}"):
+            ds.check_trainable(4)
+    assert ds.check_trainable(4, drop_last=False) == 1 and ds.check_trainable(2) == 1
+    ds.image_ids = ds.image_ids[1:]                        # a cut such as train.py's --max-images
+    with pytest.raises(ValueError, match=r"no usable object in 1 of its 2 images"):
+        ds.check_trainable(1)
