@@ -106,9 +106,11 @@ def _check(ok, path, what):
 
 def _is_numbers(value, width):
     """value is one number (width None) or a list of `width` numbers, all finite."""
-    items = [value] if width is None else value if isinstance(value, list) and len(value) == width else None
+    if width is not None and not (isinstance(value, list) and len(value) == width):
+        return False
     try:
-        return items is not None and all(isinstance(v, (int, float)) and math.isfinite(v) for v in items)
+        return all(isinstance(v, (int, float)) and math.isfinite(v)
+                   for v in ([value] if width is None else value))
     except OverflowError:                              # an int beyond float64
         return False
 
@@ -171,11 +173,12 @@ def load_coco(ann_file):
     keypoints of length 3K where the category names K keypoints (required on non-crowd
     annotations of such a category). Optional category fields: flip_pairs, 0-based [i, j]
     pairs of mirror joints (see flip_index); sigmas, K OKS sigmas > 0 in pycocotools'
-    convention (as COCO-format tools such as MMPose write them). Every number must be finite (a NaN keypoint or area
-    makes COCOeval count a match): image width, height > 0; bbox [x, y, w, h] with
-    w, h >= 0; area >= 0; keypoints; num_keypoints >= 0; iscrowd 0 or 1. Filled in when
-    absent, as COCOeval needs them: iscrowd 0, area w * h, num_keypoints = number of
-    joints with v > 0. Errors are ValueErrors naming the file, the record and the field.
+    convention (as COCO-format tools such as MMPose write them). Every number must be
+    finite (a NaN keypoint or area makes COCOeval count a match): image width, height > 0;
+    bbox [x, y, w, h] with w, h >= 0; area >= 0; keypoints; num_keypoints >= 0; iscrowd 0
+    or 1. Filled in when absent, as COCOeval needs them: iscrowd 0, area w * h,
+    num_keypoints = number of joints with v > 0. Errors are ValueErrors naming the file,
+    the record and the field.
     """
     path = Path(ann_file)
     if not path.is_file():
@@ -536,14 +539,15 @@ class CocoDataset(torch.utils.data.Dataset):
         if given is None and "sigmas" in cat:                  # checked by load_coco
             return np.array(cat["sigmas"], np.float64)
         if given is None:
-            return COCO_PERSON_SIGMAS.copy() if self.keypoint_names == COCO_PERSON_KEYPOINTS else None
+            is_coco = self.keypoint_names == COCO_PERSON_KEYPOINTS
+            return COCO_PERSON_SIGMAS.copy() if is_coco else None
         try:
             s = np.array(given, np.float64)
         except (TypeError, ValueError):
             s = np.zeros(0)
         if s.shape != (self.num_joints,) or not (np.isfinite(s) & (s > 0)).all():
-            raise ValueError(f"oks_sigmas must be {self.num_joints} finite numbers > 0 (one per keypoint "
-                             f"name of {self.ann_file}, pycocotools' scale), got {given}")
+            raise ValueError(f"oks_sigmas must be {self.num_joints} finite numbers > 0 (one per "
+                             f"keypoint name of {self.ann_file}, pycocotools' scale), got {given}")
         return s
 
     def __len__(self):
@@ -563,12 +567,12 @@ class CocoDataset(torch.utils.data.Dataset):
         another category), or fewer images than batch_size (the global batch) with
         drop_last, where the loader would make no batch and an epoch would silently do
         nothing. Call it after any cut of image_ids. Returns the images with an object."""
-        where = f"{self.ann_file}: cannot train {self.task}"
-        if not self.coco.imgs:
-            raise ValueError(f"{where}: the file lists no images")
         def usable(a):                                   # render_targets skips zero-size boxes
             return a["bbox"][2] > 0 and a["bbox"][3] > 0
 
+        where = f"{self.ann_file}: cannot train {self.task}"
+        if not self.coco.imgs:
+            raise ValueError(f"{where}: the file lists no images")
         with_objects = sum(any(map(usable, self.annotations(i))) for i in self.image_ids)
         if not with_objects:
             ours = [a for a in self.coco.anns.values() if a["category_id"] in self.cat_to_class]
@@ -587,15 +591,16 @@ class CocoDataset(torch.utils.data.Dataset):
     def load_image(self, img_id):
         """The image as PIL RGB (grayscale, palette, RGBA, CMYK become RGB). 16-bit grey
         (PNG / TIFF modes I;16, I;16B) is scaled by its range, round(v / 257): 65535 -> 255
-        (PIL's convert would clip every value above 255 to white). 32-bit integer ('I') and
-        float ('F') images have no range a file states, so they are refused (BadImageError)."""
+        (PIL's convert would clip every value above 255 to white). 32-bit integer ('I', but
+        for PNG) and float ('F') images state no range, so they are refused (BadImageError)."""
         info = self.coco.imgs[img_id]
         path = self.image_dir / info["file_name"]
         try:
             with Image.open(path) as im:
                 im.load()                                  # decode now, inside the try
                 mode, image = im.mode, None
-                if mode in SIXTEEN_BIT_MODES:
+                # A PNG holds at most 16 bits a channel: older Pillow opens 16-bit grey PNG as "I".
+                if mode in SIXTEEN_BIT_MODES or (mode == "I" and im.format == "PNG"):
                     grey = (np.asarray(im).astype(np.uint32) + 128) // 257    # (h, w) round(v / 257)
                     image = Image.fromarray(grey.astype(np.uint8)).convert("RGB")
                 elif mode not in ("I", "F"):
