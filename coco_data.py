@@ -4,13 +4,16 @@ One data path for real COCO 2017, the real sample in ../shared/coco_sample and t
 datasets of synthetic_coco.py: a COCO annotation JSON plus an image folder, read with pycocotools.
 
   coco2017_paths / load_coco      find and validate an annotation file (clear errors)
-  flip_index                      each joint's mirror joint, from the keypoint names
+  joint_side / flip_index         a joint's side and each joint's mirror joint, from the
+                                  keypoint names or the category's 0-based "flip_pairs"
   gaussian_radius / draw_gaussian CornerNet's radius and splat (CenterNet's image.py)
   render_targets                  the target dict of mdn_dense.py's docstring (CenterNet's
                                   ctdet.py / multi_pose.py __getitem__), a pure function
   affine_matrix / invert_affine / apply_affine   the one warp per image and its inverse
   color_matrix                    colour jitter + PCA lighting + normalisation as one 3x3 map
-  CocoDataset                     the torch Dataset for task "det" or "pose"
+  CocoDataset                     the torch Dataset for task "det" or "pose"; oks_sigmas
+                                  from the category's "sigmas" (COCO's for COCO's names)
+  CocoDataset.check_trainable     a clear error when a split cannot train (no usable data)
 
 Coordinates are continuous: pixel (i, j) covers [i, i+1) x [j, j+1), as COCO boxes and PIL's
 Image.transform use them, so a warp and its inverse are exact and the output map is input / 4.
@@ -42,13 +45,16 @@ Where this differs from the official code (CenterNet / MixtureDenseRegression):
   worker (base_seed + worker_id, new every epoch): no worker_init_fn needed, and
   torch.manual_seed(s) with num_workers=0 makes every sample reproducible.
 - Bad input raises errors naming the file (and image id); skip_bad_images=True instead
-  replaces an unreadable image by the next one, with a counted warning.
+  replaces an unreadable image by the next one, with a counted warning. Every number in an
+  annotation file is checked finite (a NaN keypoint or area counts as a match in COCOeval).
+  16-bit grey images are scaled by 1 / 257; 32-bit integer and float images are refused.
 """
 import contextlib
 import functools
 import io
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -68,6 +74,15 @@ EIG_VEC_RGB = np.array([[-0.56089297, 0.71832671, 0.41158938],   # rows: R, G, B
                         [-0.5832747, 0.00994535, -0.81221408],
                         [-0.58752847, -0.69563484, 0.41340352]], np.float32)
 GRAY_RGB = np.array([0.299, 0.587, 0.114], np.float32)  # cv2's BGR2GRAY weights, RGB order
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")   # PIL's 16-bit grey (PNG, TIFF)
+# COCO's person keypoints and their OKS sigmas in pycocotools' convention (= the paper's / 10,
+# = mdn_dense.COCO_KPT_SCALE): the default oks_sigmas when a category names exactly these.
+COCO_PERSON_KEYPOINTS = [
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle"]
+COCO_PERSON_SIGMAS = np.array([.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062,
+                               .107, .107, .087, .087, .089, .089])
 
 
 # ----------------------------------------------------------------------------- files
@@ -105,14 +120,81 @@ def _check(ok, path, what):
         raise ValueError(f"{path}: {what}")
 
 
+def _is_numbers(value, width):
+    """value is one number (width None) or a list of `width` numbers, all finite."""
+    if width is not None and not (isinstance(value, list) and len(value) == width):
+        return False
+    try:
+        return all(isinstance(v, (int, float)) and math.isfinite(v)
+                   for v in ([value] if width is None else value))
+    except OverflowError:                              # an int beyond float64
+        return False
+
+
+def _numbers(path, kind, records, field, width=None, rule="a finite number", ok=None):
+    """records[i][field] -> float64 (n,) (width None) or (n, width), checked: every entry a
+    finite number (JSON's NaN / Infinity, null and strings are not) and ok(array) -> (n,)
+    bool true. Otherwise ValueError "{path}: {kind} id {id}: {field} must be {rule}, got ..."
+    for the first bad record. Vectorised, one np.array per field (COCO train's 860k boxes:
+    0.25 s, against tens of seconds of JSON parsing); the per-record scan runs only when
+    numpy gets no clean numeric array, i.e. when something is wrong."""
+    values = [r[field] for r in records]
+    shape = (len(values),) if width is None else (len(values), width)
+    if not values:
+        return np.zeros(shape)
+    try:
+        arr = np.array(values)                         # a numeric dtype iff all are numbers
+    except (ValueError, OverflowError):                # ragged lists
+        arr = None
+    if arr is None or arr.shape != shape or arr.dtype.kind not in "biuf":
+        bad = np.array([not _is_numbers(v, width) for v in values], bool)
+        arr = np.zeros(shape) if bad.any() else np.array(values, np.float64)  # ints > 2**63
+    else:
+        arr = arr.astype(np.float64, copy=False)
+        bad = ~np.isfinite(arr).reshape(len(values), -1).all(1)
+    if ok is not None and not bad.any():
+        bad = ~ok(arr)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{path}: {kind} id {records[i]['id']}: {field} must be {rule}, got {values[i]}")
+    return arr
+
+
+def _check_category(path, cat):
+    """A category's optional keypoint fields: keypoints (distinct names), flip_pairs, sigmas."""
+    where = f"category id {cat['id']}"
+    names = cat.get("keypoints") or []
+    _check(isinstance(names, list) and all(isinstance(n, str) for n in names)
+           and len(set(names)) == len(names), path,
+           f"{where}: keypoints must be a list of distinct joint names, got {names}")
+    pairs, K = cat.get("flip_pairs"), len(names)
+    if pairs is not None:
+        ok = isinstance(pairs, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(type(i) is int and 0 <= i < K for i in p)
+            for p in pairs)
+        flat = [i for p in pairs for i in p] if ok else []
+        _check(ok and len(set(flat)) == len(flat), path,
+               f"{where}: flip_pairs must be 0-based [i, j] pairs of distinct joints in "
+               f"0..{K - 1}, each joint in one pair at most, got {pairs}")
+    if "sigmas" in cat:
+        _numbers(path, "category", [cat], "sigmas", K, f"{K} finite numbers > 0, one per keypoint "
+                 f"name (pycocotools' scale: COCO's nose is 0.026)", lambda s: (s > 0).all(1))
+
+
 def load_coco(ann_file):
     """Read and validate a COCO annotation JSON -> pycocotools COCO.
 
     Required: images (id, file_name, width, height), categories (id, name), annotations
     (id, image_id, category_id, bbox of 4 numbers) pointing to known images and categories,
     keypoints of length 3K where the category names K keypoints (required on non-crowd
-    annotations of such a category). Filled in when absent, as COCOeval needs them:
-    iscrowd 0, area w * h, num_keypoints = number of joints with v > 0.
+    annotations of such a category). Optional category fields: flip_pairs, 0-based [i, j]
+    pairs of mirror joints (see flip_index); sigmas, K OKS sigmas > 0 in pycocotools'
+    convention (as COCO-format tools such as MMPose write them). Every number must be
+    finite (a NaN keypoint or area makes COCOeval count a match): image width, height > 0;
+    bbox [x, y, w, h] with w, h >= 0; area >= 0; keypoints; num_keypoints >= 0; iscrowd 0
+    or 1. Filled in when absent, as COCOeval needs them: iscrowd 0, area w * h,
+    num_keypoints = number of joints with v > 0. Errors are ValueErrors naming the file,
+    the record and the field.
     """
     path = Path(ann_file)
     if not path.is_file():
@@ -132,24 +214,43 @@ def load_coco(ann_file):
             _check(not missing, path, f"{kind}[{i}] is missing {missing}")
     images = {im["id"] for im in data["images"]}
     _check(len(images) == len(data["images"]), path, "duplicate image ids")
+    for field in ("width", "height"):
+        _numbers(path, "image", data["images"], field, rule="a finite number > 0",
+                 ok=lambda v: v > 0)
+    for c in data["categories"]:
+        _check_category(path, c)
     num_kpts = {c["id"]: len(c.get("keypoints") or []) for c in data["categories"]}
     _check(len(num_kpts) == len(data["categories"]), path, "duplicate category ids")
-    for a in data["annotations"]:
+    anns = data["annotations"]
+    with_kpts = {c: [] for c, K in num_kpts.items() if K}     # category id -> annotations
+    boxes = _numbers(path, "annotation", anns, "bbox", 4,
+                     "4 numbers [x, y, w, h], finite, w, h >= 0",
+                     lambda b: (b[:, 2:] >= 0).all(1))                       # (n, 4)
+    for a in anns:
         where = f"annotation id {a['id']}"
         _check(a["image_id"] in images, path, f"{where} points to unknown image id {a['image_id']}")
         _check(a["category_id"] in num_kpts, path,
                f"{where} points to unknown category id {a['category_id']}")
-        _check(isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(isinstance(v, (int, float)) for v in a["bbox"]),
-               path, f"{where}: bbox must be 4 numbers [x, y, w, h], got {a['bbox']}")
         K = num_kpts[a["category_id"]]
         if K and (a.get("keypoints") is not None or not a.get("iscrowd", 0)):
             kp = a.get("keypoints")
-            _check(kp is not None and len(kp) == 3 * K, path,
+            _check(isinstance(kp, list) and len(kp) == 3 * K, path,
                    f"{where}: keypoints must have 3 * {K} numbers (the category's keypoint "
-                   f"names), got {None if kp is None else len(kp)}")
-            a.setdefault("num_keypoints", int(sum(v > 0 for v in kp[2::3])))
+                   f"names), got {len(kp) if isinstance(kp, list) else kp}")
+            with_kpts[a["category_id"]].append(a)
+    for field, rule, ok in (("area", "a finite number >= 0", lambda v: v >= 0),
+                            ("num_keypoints", "a finite number >= 0", lambda v: v >= 0),
+                            ("iscrowd", "0 or 1", lambda v: (v == 0) | (v == 1))):
+        _numbers(path, "annotation", [a for a in anns if field in a], field, rule=rule, ok=ok)
+    for cat_id, group in with_kpts.items():
+        kps = _numbers(path, "annotation", group, "keypoints", 3 * num_kpts[cat_id],
+                       "finite numbers [x1, y1, v1, ...]")                   # (n, 3K)
+        for i in [i for i, a in enumerate(group) if "num_keypoints" not in a]:
+            group[i]["num_keypoints"] = int((kps[i, 2::3] > 0).sum())
+    for i in [i for i, a in enumerate(anns) if "area" not in a]:
+        anns[i]["area"] = float(boxes[i, 2] * boxes[i, 3])
+    for a in anns:
         a.setdefault("iscrowd", 0)
-        a.setdefault("area", float(a["bbox"][2] * a["bbox"][3]))
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints "creating index..."
@@ -157,19 +258,56 @@ def load_coco(ann_file):
     return coco
 
 
-def flip_index(keypoint_names):
-    """Each joint's mirror joint: left_X <-> right_X (also 'l_'/'r_' prefixes); others map
-    to themselves. Returns a list of K ints, an involution (flip twice = identity)."""
-    index = {name: i for i, name in enumerate(keypoint_names)}
-    out = []
+# A joint name's words: split at any non-alphanumeric character and at camelCase steps
+# ("leftHand", "LHand" -> "L", "Hand"); digits stay with their letters, so "L1" (a lumbar
+# vertebra) is one word, not a left joint.
+_WORDS = re.compile(r"[A-Z]+(?![a-z0-9])|[A-Z]?[a-z0-9]+")
+_SIDE_WORDS = {"left": "left", "l": "left", "right": "right", "r": "right"}
+
+
+def _words(name):
+    return [w.lower() for w in _WORDS.findall(name)]
+
+
+def joint_side(name):
+    """The side a joint name says, "left" | "right" | None: a word (see _WORDS) that is
+    left / l or right / r, any case: left_hand, hand_L, leftHand, LHand, "Hand-Right".
+    None for no side word or both. The one rule for every module that asks."""
+    sides = {_SIDE_WORDS[w] for w in _words(name) if w in _SIDE_WORDS}
+    return sides.pop() if len(sides) == 1 else None
+
+
+def flip_index(keypoint_names, flip_pairs=None):
+    """Each joint's mirror joint: a list of K ints, an involution (flip twice = identity).
+
+    flip_pairs (a category's "flip_pairs" field: 0-based [i, j] pairs) when given.
+    Otherwise from the names: a left and a right joint (joint_side) pair when their other
+    words agree, so left_hand, hand_l, LHand and "Hand Left" all mirror right_hand. Joints
+    without a pair map to themselves, with a warning listing those whose names look sided
+    (joint_side, or "left" / "right" inside a word, e.g. lefthand) but found no mirror.
+    """
+    index = list(range(len(keypoint_names)))
+    if flip_pairs is not None:
+        for i, j in flip_pairs:
+            index[i], index[j] = j, i
+        return index
+    groups = {}                                   # the name without its side -> side -> joints
     for i, name in enumerate(keypoint_names):
-        mirror = name
-        for a, b in (("left_", "right_"), ("right_", "left_"), ("l_", "r_"), ("r_", "l_")):
-            if name.startswith(a) and b + name[len(a):] in index:
-                mirror = b + name[len(a):]
-                break
-        out.append(index[mirror])
-    return out
+        side = joint_side(name)
+        if side:
+            rest = tuple(w for w in _words(name) if w not in _SIDE_WORDS)
+            groups.setdefault(rest, {}).setdefault(side, []).append(i)
+    for g in groups.values():
+        if len(g.get("left", ())) == 1 == len(g.get("right", ())):   # two left_hands: ambiguous
+            (i,), (j,) = g["left"], g["right"]
+            index[i], index[j] = j, i
+    unpaired = [n for i, n in enumerate(keypoint_names) if index[i] == i
+                and (joint_side(n) or "left" in n.lower() or "right" in n.lower())]
+    if unpaired:
+        warnings.warn(f"keypoint names that look left/right have no mirror joint: {unpaired}; "
+                      f"a flip leaves them in place. Name both sides alike (left_x / right_x) "
+                      f"or give the category 'flip_pairs' (0-based [i, j] pairs)")
+    return index
 
 
 # ----------------------------------------------------------------------------- targets
@@ -371,11 +509,13 @@ class CocoDataset(torch.utils.data.Dataset):
     deterministic letterbox: centre of the image, scale max(h, w), fixed size S.
     skip_bad_images=True replaces an unreadable image by the next readable one with a
     counted warning (evaluation should deduplicate image ids); otherwise it raises.
+    oks_sigmas (K,) float64 or None: COCOeval's per-joint sigmas (pycocotools' convention),
+    the argument, else the category's "sigmas", else COCO's when the names are COCO's 17.
     """
 
     def __init__(self, ann_file, image_dir, task, train=False, input_size=512, max_objs=None,
                  scales=TRAIN_SCALES, random_center=True, flip_prob=0.5, color_aug=True,
-                 min_overlap=0.7, skip_bad_images=False):
+                 min_overlap=0.7, skip_bad_images=False, oks_sigmas=None):
         if task not in ("det", "pose"):
             raise ValueError(f"task must be 'det' or 'pose', got {task!r}")
         if input_size % STRIDE:
@@ -394,36 +534,101 @@ class CocoDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{ann_file}: pose needs exactly one category with keypoint "
                                  f"names, found {len(cats)}")
             self.keypoint_names = list(cats[0]["keypoints"])
-            self.flip_idx = flip_index(self.keypoint_names)
+            self.flip_idx = flip_index(self.keypoint_names, cats[0].get("flip_pairs"))
         else:
             self.keypoint_names, self.flip_idx = [], None
         self.num_joints = len(self.keypoint_names)
+        self.oks_sigmas = self._oks_sigmas(oks_sigmas, cats[0] if task == "pose" else None)
         self.cat_ids = [c["id"] for c in cats]                 # class id -> COCO category id
         self.cat_to_class = {c: i for i, c in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
         self.image_ids = sorted(coco.imgs)
         if task == "pose" and train:
-            self.image_ids = [i for i in self.image_ids if self._annotations(i)]
+            self.image_ids = [i for i in self.image_ids if self.annotations(i)]
+
+    def _oks_sigmas(self, given, cat):
+        """The argument, else the category's "sigmas", else COCO's for COCO's 17 names."""
+        if cat is None:
+            if given is not None:
+                raise ValueError("oks_sigmas is for task pose")
+            return None
+        if given is None and "sigmas" in cat:                  # checked by load_coco
+            return np.array(cat["sigmas"], np.float64)
+        if given is None:
+            is_coco = self.keypoint_names == COCO_PERSON_KEYPOINTS
+            return COCO_PERSON_SIGMAS.copy() if is_coco else None
+        try:
+            s = np.array(given, np.float64)
+        except (TypeError, ValueError):
+            s = np.zeros(0)
+        if s.shape != (self.num_joints,) or not (np.isfinite(s) & (s > 0)).all():
+            raise ValueError(f"oks_sigmas must be {self.num_joints} finite numbers > 0 (one per "
+                             f"keypoint name of {self.ann_file}, pycocotools' scale), got {given}")
+        return s
 
     def __len__(self):
         return len(self.image_ids)
 
-    def _annotations(self, img_id):
+    def annotations(self, img_id):
+        """The COCO annotation dicts of image img_id that are targets: the task's categories,
+        not crowd, in file order (zero-size boxes included: render_targets skips them)."""
         return [a for a in self.coco.imgToAnns.get(img_id, [])
                 if a["category_id"] in self.cat_to_class and not a["iscrowd"]]
 
+    _annotations = annotations   # the old private name, still called by notebooks 02-05
+
+    def check_trainable(self, batch_size, drop_last=True):
+        """Raise ValueError naming the annotation file when this split cannot train: no
+        images, no usable object in image_ids (every annotation crowd, zero-size or of
+        another category), or fewer images than batch_size (the global batch) with
+        drop_last, where the loader would make no batch and an epoch would silently do
+        nothing. Call it after any cut of image_ids. Returns the images with an object."""
+        def usable(a):                                   # render_targets skips zero-size boxes
+            return a["bbox"][2] > 0 and a["bbox"][3] > 0
+
+        where = f"{self.ann_file}: cannot train {self.task}"
+        if not self.coco.imgs:
+            raise ValueError(f"{where}: the file lists no images")
+        with_objects = sum(any(map(usable, self.annotations(i))) for i in self.image_ids)
+        if not with_objects:
+            ours = [a for a in self.coco.anns.values() if a["category_id"] in self.cat_to_class]
+            crowd = sum(bool(a["iscrowd"]) for a in ours)
+            names = [self.coco.cats[c]["name"] for c in self.cat_ids]
+            raise ValueError(f"{where}: no usable object in {len(self.image_ids)} of its "
+                             f"{len(self.coco.imgs)} images (the file has {len(self.coco.anns)} "
+                             f"annotations, {len(ours)} of {names}, {crowd} crowd, "
+                             f"{sum(not a['iscrowd'] and not usable(a) for a in ours)} with zero "
+                             f"width or height)")
+        if drop_last and len(self.image_ids) < batch_size:
+            raise ValueError(f"{where}: {len(self.image_ids)} images < batch size {batch_size}: "
+                             f"with drop_last the loader makes no batch (lower the batch size)")
+        return with_objects
+
     def load_image(self, img_id):
-        """The image as PIL RGB (grayscale, palette, RGBA, CMYK become RGB)."""
+        """The image as PIL RGB (grayscale, palette, RGBA, CMYK become RGB). 16-bit grey
+        (PNG / TIFF modes I;16, I;16B) is scaled by its range, round(v / 257): 65535 -> 255
+        (PIL's convert would clip every value above 255 to white). 32-bit integer ('I', but
+        for PNG) and float ('F') images state no range, so they are refused (BadImageError)."""
         info = self.coco.imgs[img_id]
         path = self.image_dir / info["file_name"]
         try:
             with Image.open(path) as im:
                 im.load()                                  # decode now, inside the try
-                image = im if im.mode == "RGB" else im.convert("RGB")
+                mode, image = im.mode, None
+                # A PNG holds at most 16 bits a channel: older Pillow opens 16-bit grey PNG as "I".
+                if mode in SIXTEEN_BIT_MODES or (mode == "I" and im.format == "PNG"):
+                    grey = (np.asarray(im).astype(np.uint32) + 128) // 257    # (h, w) round(v / 257)
+                    image = Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+                elif mode not in ("I", "F"):
+                    image = im if mode == "RGB" else im.convert("RGB")
         except FileNotFoundError:
             raise BadImageError(f"image id {img_id}: file not found: {path}") from None
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise BadImageError(f"image id {img_id}: cannot read {path}: {e}") from e
+        if image is None:
+            raise BadImageError(f"image id {img_id}: {path}: mode '{mode}' (32-bit "
+                                f"{'float' if mode == 'F' else 'integer'}) has no defined 8-bit "
+                                f"range; convert it to 8 bits (or 16-bit PNG) first")
         if image.size != (info["width"], info["height"]):
             raise BadImageError(f"image id {img_id}: {path} is {image.size[0]}x{image.size[1]}, "
                                 f"the annotations say {info['width']}x{info['height']}")
@@ -460,7 +665,7 @@ class CocoDataset(torch.utils.data.Dataset):
         img2in = affine_matrix(center, scale, S, flip)            # (2, 3)
         inp = to_input(warp_image(image, img2in, S), rng if self.color_aug else None)  # (3, S, S)
         img2out = img2in / STRIDE
-        anns = self._annotations(img_id)
+        anns = self.annotations(img_id)
         boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
         corners = apply_affine(np.stack([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1), img2out)
         boxes = np.concatenate([corners.min(1), corners.max(1)], 1)  # (n, 4) x1 y1 x2 y2

@@ -1,8 +1,9 @@
 """Tests for coco_data.py and coco_eval.py: target rendering against hand-derived values,
 the ground truth -> targets -> decode -> COCOeval round trip (synthetic and real COCO),
-flip and warp invariances, bad inputs, and the random streams."""
+flip and warp invariances, and the random streams (bad inputs: test_bad_data.py)."""
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,40 @@ def test_affine_round_trip_and_flip_twice():
     assert cd.flip_index(["head", "l_hand", "r_hand", "right_foot", "left_foot"]) == [0, 2, 1, 4, 3]
 
 
+
+@pytest.mark.parametrize("left, right", [
+    ("left_hand", "right_hand"), ("hand_left", "hand_right"), ("l_hand", "r_hand"),
+    ("hand_l", "hand_r"), ("leftHand", "rightHand"), ("LeftHand", "RightHand"), ("LHand", "RHand"),
+    ("L_hand", "R_hand"), ("Hand_L", "Hand_R"), ("HAND-LEFT", "HAND-RIGHT"), ("left hand", "right hand"),
+    ("left_hand", "hand_r")])
+def test_flip_index_pairs_common_side_namings(left, right):
+    assert cd.joint_side(left) == "left" and cd.joint_side(right) == "right"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                 # and no unpaired warning
+        assert cd.flip_index(["head", right, "neck", left]) == [0, 3, 2, 1]
+
+
+def test_joint_side_none_and_unpaired_warning_and_explicit_pairs():
+    for name in ("nose", "L1", "l5_vertebra", "upright", "lower_lip", "MidHip", "left_right", ""):
+        assert cd.joint_side(name) is None, name
+    names = ["head", "left_hand", "right_foot", "lefthand", "righthand", "upright"]
+    with pytest.warns(UserWarning, match=r"no mirror joint: \['left_hand', 'right_foot', "
+                                         r"'lefthand', 'righthand', 'upright'\].*flip_pairs"):
+        assert cd.flip_index(names) == list(range(6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                 # explicit: no guessing
+        assert cd.flip_index(names, [[1, 4], [3, 2]]) == [0, 4, 3, 2, 1, 5]
+        assert cd.flip_index(COCO_NAMES) == cd.flip_index(COCO_NAMES, [[1, 2], [3, 4], [5, 6], [7, 8],
+                                                                       [9, 10], [11, 12], [13, 14], [15, 16]])
+
+
+def test_category_flip_pairs_reach_the_dataset(tmp_path):
+    cat = dict(id=1, name="hand", keypoints=["wrist", "thumb", "pinky", "palm"], flip_pairs=[[1, 2]])
+    ann = dict(image_id=1, category_id=1, bbox=[2, 2, 20, 20], keypoints=[5, 5, 2] * 4)
+    ann_file, image_dir = write_coco(tmp_path, [dict(id=1, file_name="h.png", width=32, height=32)],
+                                     [ann], [cat])
+    assert cd.CocoDataset(ann_file, image_dir, "pose").flip_idx == [0, 2, 1, 3]
+
 def test_pil_warp_agrees_with_target_coordinates():
     """A bright pixel covering [x, x+1) lands where apply_affine sends its centre x + 0.5."""
     z = np.zeros((90, 120), np.uint8)
@@ -292,6 +327,8 @@ def test_crowd_zero_keypoint_and_empty_images(tmp_path):
     ann_file, image_dir = write_coco(tmp_path, images, anns, [PERSON])
     ds = cd.CocoDataset(ann_file, image_dir, "pose", input_size=128)
     assert ds.image_ids == [1, 2, 3]
+    assert [a["id"] for a in ds.annotations(1)] == [1, 2] and ds.annotations(3) == []  # no crowd
+    assert ds._annotations(1) == ds.annotations(1)                     # the old name, for notebooks
     s = ds[0]
     assert s["mask"].sum() == 2 and (s["hm"] == 1).sum() == 2          # crowd skipped
     assert s["hps_mask"][0].sum() == 2 and s["hps_mask"][1].sum() == 0  # zero keypoints
@@ -337,81 +374,21 @@ def test_flip_keeps_left_wrist_left(tmp_path):
                        atol=1e-4)
 
 
-def test_image_modes_become_rgb(tmp_path):
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    pixels = {"gray.jpg": Image.fromarray(rgb[..., 0]), "rgba.png": Image.fromarray(
-        np.concatenate([rgb, rng.integers(0, 256, (40, 50, 1), dtype=np.uint8)], -1)),
-        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"), "pal.png": Image.fromarray(rgb).quantize(16)}
-    images = [dict(id=i + 1, file_name=n, width=50, height=40) for i, n in enumerate(pixels)]
-    ann_file, image_dir = write_coco(tmp_path, images, [], [dict(id=1, name="x")], pixels)
-    ds = cd.CocoDataset(ann_file, image_dir, "det", input_size=64)
-    for i, name in enumerate(pixels):
-        img = ds.load_image(i + 1)
-        assert img.mode == "RGB" and img.size == (50, 40), name
-        assert ds[i]["input"].shape == (3, 64, 64)
-    gray = np.asarray(ds.load_image(1), np.int16)
-    assert np.array_equal(gray[..., 0], gray[..., 2]) and np.abs(gray[..., 0] - rgb[..., 0]).mean() < 8
-    assert np.array_equal(np.asarray(ds.load_image(2)), rgb)          # alpha dropped, RGB exact
-    assert np.abs(np.asarray(ds.load_image(3), np.int16) - rgb).mean() < 8
 
-
-# ----------------------------------------------------------------------------- bad input
-def test_bad_images_raise_or_skip(tmp_path):
-    images = [dict(id=11, file_name="ok.png", width=32, height=32),
-              dict(id=12, file_name="missing.png", width=32, height=32),
-              dict(id=13, file_name="garbage.jpg", width=32, height=32),
-              dict(id=14, file_name="wrong_size.png", width=40, height=32),
-              dict(id=15, file_name="truncated.jpg", width=32, height=32)]
-    small = Image.new("RGB", (32, 32), (200, 10, 10))
-    ann_file, image_dir = write_coco(tmp_path, images, [], [dict(id=1, name="x")],
-                                     {"wrong_size.png": small})
-    (image_dir / "missing.png").unlink()
-    (image_dir / "garbage.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
-    jpeg = (image_dir / "truncated.jpg").read_bytes()
-    (image_dir / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
-    ds = cd.CocoDataset(ann_file, image_dir, "det", input_size=32)
-    for index, (name, img_id) in enumerate([("missing.png", 12), ("garbage.jpg", 13),
-                                            ("wrong_size.png", 14), ("truncated.jpg", 15)], start=1):
-        with pytest.raises(cd.BadImageError, match=rf"image id {img_id}:.*{name}"):
-            ds[index]
-    skip = cd.CocoDataset(ann_file, image_dir, "det", input_size=32, skip_bad_images=True)
-    with pytest.warns(UserWarning, match="skipped a bad image"):
-        s = skip[1]
-    assert s["image_id"] == 11 and skip.num_bad_images == 4           # 12 to 15, then 11
-
-
-def test_bad_annotation_json_errors_name_the_problem(tmp_path):
-    good = dict(info={}, images=[dict(id=1, file_name="a.png", width=8, height=8)],
-                categories=[PERSON], annotations=[person(1, 1, 4, 4)])
-    cases = [("{not json", "not valid JSON"),
-             (dict(good, images=[{"id": 1, "width": 8, "height": 8}]), r"images\[0\] is missing \['file_name'\]"),
-             ({k: v for k, v in good.items() if k != "categories"}, "missing list 'categories'"),
-             (dict(good, annotations=[dict(person(1, 1, 4, 4), id=5, image_id=99)]),
-              "annotation id 5 points to unknown image id 99"),
-             (dict(good, annotations=[dict(person(1, 1, 4, 4), id=6, category_id=2)]),
-              "annotation id 6 points to unknown category id 2"),
-             (dict(good, annotations=[dict(person(1, 1, 4, 4), id=7, keypoints=[1, 2, 2] * 16)]),
-              "annotation id 7: keypoints must have 3 \\* 17 numbers"),
-             (dict(good, annotations=[dict(image_id=1, category_id=1, id=8, bbox=[1, 2])]),
-              "annotation id 8: bbox must be 4 numbers")]
-    for i, (data, message) in enumerate(cases):
-        path = tmp_path / f"bad{i}.json"
-        path.write_text(data if isinstance(data, str) else json.dumps(data))
-        with pytest.raises(ValueError, match=message) as err:
-            cd.load_coco(path)
-        assert str(path) in str(err.value)
-    with pytest.raises(FileNotFoundError, match="nope.json"):
-        cd.load_coco(tmp_path / "nope.json")
-    (tmp_path / "annotations").mkdir()
-    (tmp_path / "annotations" / "person_keypoints_val2017.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="val2017"):
-        cd.coco2017_paths(tmp_path, "pose", "val")
-    (tmp_path / "val2017").mkdir()
-    assert cd.coco2017_paths(tmp_path, "pose", "val")[1] == tmp_path / "val2017"
-    with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
-        cd.coco2017_paths(tmp_path, "det", "train")
-
+def test_oks_sigmas_from_the_category_coco_default_or_none(tmp_path):
+    image = [dict(id=1, file_name="p.png", width=32, height=32)]
+    hand = dict(id=1, name="hand", keypoints=["wrist", "tip"])
+    ann = dict(image_id=1, category_id=1, bbox=[2, 2, 20, 20], keypoints=[5, 5, 2] * 2)
+    cases = [(PERSON, None, md.COCO_KPT_SCALE),                # COCO's names: pycocotools' sigmas
+             (dict(PERSON, sigmas=[0.05] * 17), None, [0.05] * 17), (hand, None, None),
+             (dict(hand, sigmas=[0.1, 0.2]), None, [0.1, 0.2]), (dict(hand, sigmas=[0.1, 0.2]), [1, 2], [1, 2])]
+    for i, (cat, given, expected) in enumerate(cases):
+        a = dict(ann, keypoints=[5, 5, 2] * len(cat["keypoints"]))
+        ann_file, image_dir = write_coco(tmp_path / str(i), image, [a], [cat])
+        s = cd.CocoDataset(ann_file, image_dir, "pose", oks_sigmas=given).oks_sigmas
+        assert (s is None) if expected is None else (s.dtype == np.float64 and np.allclose(s, expected)), i
+    assert np.allclose(cd.COCO_PERSON_SIGMAS, md.COCO_KPT_SCALE) and cd.COCO_PERSON_KEYPOINTS == COCO_NAMES
+    assert cd.CocoDataset(ann_file, image_dir, "det").oks_sigmas is None
 
 # ----------------------------------------------------------------------------- random streams
 def twin_dataset(tmp_path, **kw):
