@@ -39,10 +39,10 @@ import io
 import numpy as np
 from pycocotools.coco import COCO
 
+from annotations import joint_part, joint_side
 from coco_eval import coco_evaluate
 from mdn_dense import COCO_KPT_SCALE
 
-SIDES = {"left": ("left_", "l_"), "right": ("right_", "r_")}
 # Table 6 columns: joint subsets by body part (the joint name without its side prefix).
 FACIAL = ("nose", "eye", "ear")
 KEYPOINT_SUBSETS = {"Nose": ("nose",), "Ears": ("ear",), "Shoulders": ("shoulder",),
@@ -191,9 +191,8 @@ def component_scale(results, coco_gt, score_thresh=0.3, iou_thresh=0.5, img_ids=
 
 # ----------------------------------------------------------------------------- Table 4
 def joint_sides(keypoint_names):
-    """{"left": [joint indices], "right": [...]} from the names' prefixes."""
-    return {side: [j for j, n in enumerate(keypoint_names) if n.lower().startswith(prefixes)]
-            for side, prefixes in SIDES.items()}
+    """{"left": [joint indices], "right": [...]} by annotations.joint_side."""
+    return {side: [j for j, n in enumerate(keypoint_names) if joint_side(n) == side] for side in ("left", "right")}
 
 
 def component_statistics(results, keypoint_names, score_thresh=0.3):
@@ -246,8 +245,7 @@ def face_visibility(results, coco_gt, keypoint_names, score_thresh=0.5, min_keyp
 # ----------------------------------------------------------------------------- Table 6
 def subset_joints(keypoint_names):
     """Table 6's columns -> joint indices (subsets absent from the names are left out)."""
-    part = lambda n: n.lower().split("_", 1)[1] if n.lower().startswith(SIDES["left"] + SIDES["right"]) else n.lower()
-    parts = [part(n) for n in keypoint_names]
+    parts = [joint_part(n) for n in keypoint_names]
     subsets = {"All": list(range(len(parts))),
                "Facial": [j for j, p in enumerate(parts) if p in FACIAL],
                "Non-facial": [j for j, p in enumerate(parts) if p not in FACIAL]}

@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 import analysis
 import plots
-from coco_data import STRIDE, CocoDataset, apply_affine, dataset_paths
+from annotations import dataset_paths
+from coco_data import STRIDE, CocoDataset, apply_affine
 from coco_eval import coco_evaluate, to_coco_results
 from decode import decode, flip_merge, merge_scales
 from model import ModelConfig, default_sigma_floor, head_channels, load_model

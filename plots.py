@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, Rectangle
 
-from analysis import SIDES
+from annotations import joint_side
 from mdn_dense import COCO_KPT_SCALE
 
 COMPONENT_COLOURS = ["tab:blue", "tab:green", "tab:red", "tab:orange", "tab:purple",
@@ -69,20 +69,13 @@ def draw_detections(ax, results, score_thresh=0.3):
             ax.add_patch(Rectangle((x, y), w, h, fill=False, lw=1.5, ec=component_colour(r.get("component", 0))))
 
 
-def _side(name):
-    for side, prefixes in SIDES.items():
-        if name.lower().startswith(prefixes):
-            return side
-    return None
-
-
 def draw_poses(ax, results, keypoint_names, skeleton=(), score_thresh=0.3, stride=4):
     """Skeletons (an edge only when both joints are visible, v > 0; left and right limbs in
     different colours), person boxes and 1-std uncertainty ellipses coloured by component.
     skeleton: 0-based joint pairs."""
     K = len(keypoint_names)
     k = np.array(COCO_KPT_SCALE if K == 17 else [1.0] * K)    # the per-joint scale of Eq. (4)
-    sides = [_side(n) for n in keypoint_names]
+    sides = [joint_side(n) for n in keypoint_names]
     for r in results:
         if r["score"] < score_thresh:
             continue

@@ -25,7 +25,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import mdn_dense as md
-from coco_data import CocoDataset, dataset_paths
+from annotations import dataset_paths
+from coco_data import CocoDataset
 from evaluate import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
 from rundir import RunLock, save_run

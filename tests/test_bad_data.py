@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import annotations as an
 import coco_data as cd
 from test_coco_data import PERSON, person, write_coco
 
@@ -102,18 +103,18 @@ def test_bad_annotation_json_errors_name_the_problem(tmp_path):
         path = tmp_path / f"bad{i}.json"
         path.write_text(data if isinstance(data, str) else json.dumps(data))
         with pytest.raises(ValueError, match=message) as err:
-            cd.load_coco(path)
+            an.load_coco(path)
         assert str(path) in str(err.value)
     with pytest.raises(FileNotFoundError, match="nope.json"):
-        cd.load_coco(tmp_path / "nope.json")
+        an.load_coco(tmp_path / "nope.json")
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "person_keypoints_val2017.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="val2017"):
-        cd.coco2017_paths(tmp_path, "pose", "val")
+        an.coco2017_paths(tmp_path, "pose", "val")
     (tmp_path / "val2017").mkdir()
-    assert cd.coco2017_paths(tmp_path, "pose", "val")[1] == tmp_path / "val2017"
+    assert an.coco2017_paths(tmp_path, "pose", "val")[1] == tmp_path / "val2017"
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
-        cd.coco2017_paths(tmp_path, "det", "train")
+        an.coco2017_paths(tmp_path, "det", "train")
 
 
 
@@ -178,7 +179,7 @@ def test_numbers_must_be_finite_errors_name_file_id_and_field(tmp_path, case):
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(_broken(edit)))
     with pytest.raises(ValueError, match=message) as err:
-        cd.load_coco(path)
+        an.load_coco(path)
     assert str(err.value).startswith(f"{path}: ")
 
 
@@ -202,7 +203,7 @@ def test_filled_in_fields_and_zero_sizes(tmp_path):
     data["annotations"].append(dict(id=9, image_id=2, category_id=1, bbox=[3, 4, 0, 5], iscrowd=1, area=0))
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(data))
-    coco = cd.load_coco(path)
+    coco = an.load_coco(path)
     assert [coco.anns[i]["area"] for i in (7, 8, 9)] == [1200.0, 400.0, 0]
     assert [coco.anns[i]["num_keypoints"] for i in (7, 8)] == [2, 0] and "num_keypoints" not in coco.anns[9]
     assert [coco.anns[i]["iscrowd"] for i in (7, 8, 9)] == [0, 0, 1]
@@ -239,7 +240,7 @@ def test_bad_category_fields_name_file_and_category(tmp_path, case):
     path = tmp_path / "ann.json"
     path.write_text(json.dumps(_broken(edit)))
     with pytest.raises(ValueError, match=message) as err:
-        cd.load_coco(path)
+        an.load_coco(path)
     assert str(err.value).startswith(f"{path}: ")
 
 

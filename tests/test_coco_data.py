@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+import annotations as an
 import coco_data as cd
 import coco_eval as ce
 import synthetic_coco
@@ -181,10 +182,10 @@ def test_affine_round_trip_and_flip_twice():
         twice = twice.transform((64, 64), Image.AFFINE, tuple(cd.invert_affine(F).ravel()),
                                 resample=Image.BILINEAR)
     assert np.array_equal(np.asarray(twice), np.asarray(img))
-    idx = cd.flip_index(COCO_NAMES)
+    idx = an.flip_index(COCO_NAMES)
     assert idx == [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
     assert [idx[i] for i in idx] == list(range(17))
-    assert cd.flip_index(["head", "l_hand", "r_hand", "right_foot", "left_foot"]) == [0, 2, 1, 4, 3]
+    assert an.flip_index(["head", "l_hand", "r_hand", "right_foot", "left_foot"]) == [0, 2, 1, 4, 3]
 
 
 
@@ -194,23 +195,23 @@ def test_affine_round_trip_and_flip_twice():
     ("L_hand", "R_hand"), ("Hand_L", "Hand_R"), ("HAND-LEFT", "HAND-RIGHT"), ("left hand", "right hand"),
     ("left_hand", "hand_r")])
 def test_flip_index_pairs_common_side_namings(left, right):
-    assert cd.joint_side(left) == "left" and cd.joint_side(right) == "right"
+    assert an.joint_side(left) == "left" and an.joint_side(right) == "right"
     with warnings.catch_warnings():
         warnings.simplefilter("error")                                 # and no unpaired warning
-        assert cd.flip_index(["head", right, "neck", left]) == [0, 3, 2, 1]
+        assert an.flip_index(["head", right, "neck", left]) == [0, 3, 2, 1]
 
 
 def test_joint_side_none_and_unpaired_warning_and_explicit_pairs():
     for name in ("nose", "L1", "l5_vertebra", "upright", "lower_lip", "MidHip", "left_right", ""):
-        assert cd.joint_side(name) is None, name
+        assert an.joint_side(name) is None, name
     names = ["head", "left_hand", "right_foot", "lefthand", "righthand", "upright"]
     with pytest.warns(UserWarning, match=r"no mirror joint: \['left_hand', 'right_foot', "
                                          r"'lefthand', 'righthand', 'upright'\].*flip_pairs"):
-        assert cd.flip_index(names) == list(range(6))
+        assert an.flip_index(names) == list(range(6))
     with warnings.catch_warnings():
         warnings.simplefilter("error")                                 # explicit: no guessing
-        assert cd.flip_index(names, [[1, 4], [3, 2]]) == [0, 4, 3, 2, 1, 5]
-        assert cd.flip_index(COCO_NAMES) == cd.flip_index(COCO_NAMES, [[1, 2], [3, 4], [5, 6], [7, 8],
+        assert an.flip_index(names, [[1, 4], [3, 2]]) == [0, 4, 3, 2, 1, 5]
+        assert an.flip_index(COCO_NAMES) == an.flip_index(COCO_NAMES, [[1, 2], [3, 4], [5, 6], [7, 8],
                                                                        [9, 10], [11, 12], [13, 14], [15, 16]])
 
 
@@ -387,7 +388,7 @@ def test_oks_sigmas_from_the_category_coco_default_or_none(tmp_path):
         ann_file, image_dir = write_coco(tmp_path / str(i), image, [a], [cat])
         s = cd.CocoDataset(ann_file, image_dir, "pose", oks_sigmas=given).oks_sigmas
         assert (s is None) if expected is None else (s.dtype == np.float64 and np.allclose(s, expected)), i
-    assert np.allclose(cd.COCO_PERSON_SIGMAS, md.COCO_KPT_SCALE) and cd.COCO_PERSON_KEYPOINTS == COCO_NAMES
+    assert np.allclose(an.COCO_PERSON_SIGMAS, md.COCO_KPT_SCALE) and an.COCO_PERSON_KEYPOINTS == COCO_NAMES
     assert cd.CocoDataset(ann_file, image_dir, "det").oks_sigmas is None
 
 # ----------------------------------------------------------------------------- random streams
