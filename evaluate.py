@@ -188,9 +188,10 @@ def component_rules(m, rule="max"):
     return rows
 
 
-def evaluate_rows(coco_gt, results, rows, task, img_ids):
-    """COCOeval per row -> {row name: stats array}."""
-    return {name: coco_evaluate(coco_gt, results[rule], task, img_ids) for name, rule in rows.items()}
+def evaluate_rows(coco_gt, results, rows, task, img_ids, oks_sigmas=None):
+    """COCOeval per row -> {row name: stats array}. oks_sigmas: the keypoints' (None: COCO's)."""
+    return {name: coco_evaluate(coco_gt, results[rule], task, img_ids, kpt_oks_sigmas=oks_sigmas)
+            for name, rule in rows.items()}
 
 
 def format_table(stats, task, title=""):
@@ -242,6 +243,8 @@ def parse_args(argv=None):
     data.add_argument("--images", help="the image folder of --ann")
     data.add_argument("--split", default="val", help="split of --data or of the synthetic set (default val)")
     data.add_argument("--input-size", type=int, help="network input side (default: the checkpoint's; 512 for --oracle)")
+    data.add_argument("--oks-sigmas", type=float, nargs="+", metavar="S",
+                      help="pose: one OKS sigma per joint for keypoint sets other than COCO's 17 whose category has no 'sigmas'")
     data.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (quick checks; default all)")
     inf = p.add_argument_group("inference")
     inf.add_argument("--component", default="max", help="'max' (paper), 'mean', or a 1-based component index for the All row")
@@ -311,7 +314,10 @@ def main(argv=None):
     if args.refine and task != "pose":
         raise SystemExit("--refine is for pose (it snaps joints to hm_hp peaks)")
     ann, images = dataset_paths(task, args.split, args.data, args.ann, args.images)
-    ds = CocoDataset(ann, images, task, train=False, input_size=input_size)
+    ds = CocoDataset(ann, images, task, train=False, input_size=input_size, oks_sigmas=args.oks_sigmas)
+    if task == "pose" and ds.oks_sigmas is None:
+        raise SystemExit(f"{ann}: its {ds.num_joints} keypoints are not COCO's 17 and carry no OKS sigmas: "
+                         f"give --oks-sigmas with {ds.num_joints} values or a 'sigmas' list in the category")
     if args.max_images:
         ds.image_ids = ds.image_ids[:args.max_images]
     if model is None:
@@ -337,7 +343,7 @@ def main(argv=None):
     seconds = time.perf_counter() - t0
     if not results[rows["All"]]:
         print("no detections: every metric is 0")
-    stats = evaluate_rows(ds.coco, results, rows, task, ds.image_ids)
+    stats = evaluate_rows(ds.coco, results, rows, task, ds.image_ids, ds.oks_sigmas)
     how = "".join([" flip" if args.flip else "", " refine" if args.refine else "",
                    f" scales {[v.input_size for v in data.sets]} px" if args.scales else ""])
     title = (f"{'oracle' if args.oracle else args.checkpoint}: {task}, M = {m}, {len(ds)} images at "

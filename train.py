@@ -64,6 +64,7 @@ class TrainConfig:
     compile: bool = False
     max_images: int = 0
     init: str = ""
+    oks_sigmas: list | None = None  # per-joint OKS sigmas (pycocotools' convention) when the data has none
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -104,8 +105,14 @@ def setup_distributed():
 
 def datasets(cfg, task):
     train = CocoDataset(cfg.ann, cfg.images, task, train=True, input_size=cfg.input_size,
-                        flip_prob=cfg.flip_prob)
-    val = CocoDataset(cfg.val_ann, cfg.val_images, task, train=False, input_size=cfg.input_size)
+                        flip_prob=cfg.flip_prob, oks_sigmas=cfg.oks_sigmas)
+    val = CocoDataset(cfg.val_ann, cfg.val_images, task, train=False, input_size=cfg.input_size,
+                      oks_sigmas=cfg.oks_sigmas)
+    for ds in (train, val):
+        if task == "pose" and ds.oks_sigmas is None:
+            raise SystemExit(f"{ds.ann_file}: its {ds.num_joints} keypoints are not COCO's 17 and carry no OKS "
+                             f"sigmas (they set the loss's per-joint scale k_j and COCOeval's OKS): give "
+                             f"--oks-sigmas with {ds.num_joints} values or a 'sigmas' list in the category")
     if cfg.max_images:
         train.image_ids = train.image_ids[:cfg.max_images]
         val.image_ids = val.image_ids[:cfg.max_images]
@@ -164,7 +171,7 @@ def evaluate_model(model, val, cfg, rank, world, device, progress):
                 seen.add(key)
                 unique.append(r)
         results[rule] = unique
-    return evaluate_rows(val.coco, results, rows, model.cfg.task, val.image_ids)
+    return evaluate_rows(val.coco, results, rows, model.cfg.task, val.image_ids, val.oks_sigmas)
 
 
 # ----------------------------------------------------------------------------- training
@@ -232,12 +239,15 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler,
                                          num_workers=cfg.workers, pin_memory=cuda, drop_last=True,
                                          persistent_workers=cfg.workers > 0)
+    try:  # an epoch with no step would save an untrained model as if it were trained
+        train_set.check_trainable(cfg.batch_size)
+    except ValueError as e:
+        raise SystemExit(f"no training step: {e}") from None
     if len(loader) == 0:
-        why = ("it has no usable image (empty, or every object crowd / of no trained category)" if not len(train_set)
-               else f"its {len(train_set)} usable images are fewer than one batch of {cfg.batch_size // world}"
-                    f"{' per process' if world > 1 else ''} (--batch-size; incomplete batches are dropped)")
-        raise SystemExit(f"training split {cfg.ann}: no training step: {why}")
-    kpt_scale = md.COCO_KPT_SCALE if model_cfg.task == "pose" and model_cfg.num_joints == 17 else None
+        raise SystemExit(f"no training step: {cfg.ann}: {len(train_set)} images make no batch of "
+                         f"{cfg.batch_size // world} per process (--batch-size)")
+    # Eq. (4)'s k_j: the OKS sigmas (for COCO's 17 joints the official COCO_KPT_SCALE)
+    kpt_scale = train_set.oks_sigmas.tolist() if model_cfg.task == "pose" else None
     weights = md.LossWeights(**cfg.loss_weights)
     if rank == 0:
         (out / "config.json").write_text(json.dumps({"model": dataclasses.asdict(model_cfg),
@@ -335,6 +345,9 @@ def parse_args(argv=None):
     d.add_argument("--images", help="image folder of --ann")
     d.add_argument("--val-ann", help="validation annotation JSON (default: --ann; needs --ann)")
     d.add_argument("--val-images", help="image folder of --val-ann (default: --images; needs --ann)")
+    d.add_argument("--oks-sigmas", type=positive(float), nargs="+", metavar="S",
+                   help="pose: one OKS sigma per joint (pycocotools' convention, COCO's nose is 0.026) for "
+                        "keypoint sets other than COCO's 17 whose category has no 'sigmas' list")
     d.add_argument("--max-images", type=non_negative(int), default=0, help="use only the first N images of each split (quick checks; default 0 = all)")
     a = p.add_argument_group(
         "model and schedule (defaults: the preset of --arch; on the synthetic data small_dla at "
@@ -424,7 +437,8 @@ def config_from_args(args):
                       lr=pick(args.lr, "lr"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
                       flip_prob=flip_prob, workers=args.workers, seed=args.seed,
                       out=args.out or f"runs/{args.task}_m{args.m}", eval_every=args.eval_every,
-                      compile=args.compile, max_images=args.max_images, init=args.init or "")
+                      compile=args.compile, max_images=args.max_images, init=args.init or "",
+                      oks_sigmas=args.oks_sigmas)
     multiple = ARCHS[arch][2]
     if cfg.input_size % multiple:
         raise SystemExit(f"--input-size {cfg.input_size}: {arch} needs a multiple of {multiple}")

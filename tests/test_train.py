@@ -184,3 +184,41 @@ def test_init_from_an_unrelated_file_fails_clearly(tmp_path):
                 "model": {"x." + k: v for k, v in other.state_dict().items()}}, tmp_path / "renamed.pt")
     with pytest.raises(SystemExit, match="no tensor matches"):
         train.init_from(model, tmp_path / "renamed.pt")
+
+
+# ----------------------------------------------------------------------------- custom keypoints
+FIVE = [0, 5, 6, 9, 10]   # nose, shoulders, wrists of COCO's 17
+FIVE_NAMES = ["head", "shoulder_L", "shoulder_R", "LeftHand", "RightHand"]
+
+
+def five_joint_set(data, path, sigmas=None):
+    """The synthetic figures cut to 5 joints under names COCO does not use."""
+    coco = json.loads(open(data[0]).read())
+    cat = coco["categories"][0]
+    cat.update(keypoints=FIVE_NAMES, skeleton=[[1, 2], [1, 3], [2, 4], [3, 5]])
+    if sigmas:
+        cat["sigmas"] = sigmas
+    for a in coco["annotations"]:
+        kp = np.array(a["keypoints"]).reshape(17, 3)[FIVE]
+        a["keypoints"], a["num_keypoints"] = kp.ravel().tolist(), int((kp[:, 2] > 0).sum())
+    path.write_text(json.dumps(coco))
+    return str(path), data[1]
+
+
+def test_a_five_joint_set_trains_and_evaluates_end_to_end(tiny_pose, tmp_path, capsys):
+    bare = five_joint_set(tiny_pose, tmp_path / "five.json")
+    with pytest.raises(SystemExit, match=r"five.json: its 5 keypoints are not COCO's 17 .*--oks-sigmas with 5 values"):
+        train.main(args_for(bare, tmp_path / "no_sigmas", "--epochs", "1"))
+    assert train.parse_args(["--oks-sigmas", "0.03", "0.07"]).oks_sigmas == [0.03, 0.07]
+    sigmas = [0.026, 0.079, 0.079, 0.062, 0.062]
+    data = five_joint_set(tiny_pose, tmp_path / "five_sigmas.json", sigmas)
+    run = tmp_path / "run"
+    stats = train.main(args_for(data, run, "--epochs", "1"))
+    assert list(stats) == ["All", "All+ref", "1", "2"] and all(np.isfinite(s).all() for s in stats.values())
+    ds = cd.CocoDataset(*data, "pose")
+    assert ds.flip_idx == [0, 2, 1, 4, 3] and ds.oks_sigmas.tolist() == sigmas
+    again = evaluate.main(["--checkpoint", str(run / "ckpt.pt"), "--ann", bare[0], "--images", bare[1],
+                           "--oks-sigmas", *map(str, sigmas), "--out", str(tmp_path / "eval")])
+    assert again["All"] == pytest.approx(stats["All"])      # the flag and the field give the same OKS
+    with pytest.raises(SystemExit, match="predicts 1 classes / 5 joints"):
+        evaluate.main(["--checkpoint", str(run / "ckpt.pt"), "--ann", tiny_pose[0], "--images", tiny_pose[1]])
