@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mdn_dense as md
 from decode import decode
+import precision as px
 from model import ModelConfig, build_model, default_sigma_floor, head_channels
 
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"
@@ -67,21 +68,18 @@ def synthetic_batch(task, B, size, device, num_classes):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"):
+def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate", precision="fp32"):
     num_classes = 80 if task == "det" else 1
     model = build_model(ModelConfig(task=task, m=m, arch=arch, num_classes=num_classes, mdn_head=head,
                                     sigma_floor=default_sigma_floor(task, arch))).to(device)
     cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=px.memory_format(precision))
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, size, size, device=device)
-    if cuda:
-        x = x.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=px.memory_format(precision))
     targets = synthetic_batch(task, batch, size, device, num_classes)
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with px.autocast(device, precision):
             outputs = model(x)
         loss, _ = md.total_loss(outputs, targets, kpt_scale=md.COCO_KPT_SCALE)
         opt.zero_grad(set_to_none=True)
@@ -89,7 +87,7 @@ def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"
         opt.step()
 
     def forward():
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.no_grad(), px.autocast(device, precision):
             model(x)
 
     model.train()
@@ -136,7 +134,7 @@ def run_row(spec):
     kind, w, it = spec["kind"], spec["warmup"], spec["iters"]
     if kind == "train":
         res = row_train(spec["arch"], spec["task"], spec["m"], spec["size"], spec["batch"], device, w, it,
-                        spec.get("head", "separate"))
+                        spec.get("head", "separate"), spec.get("precision", "fp32"))
     elif kind == "decode":
         res = row_decode(spec["task"], spec["m"], spec["size"], device, w, it)
     else:
@@ -151,20 +149,32 @@ def run_row(spec):
 def rows(args):
     dev, q = args.device, args.quick
     w, it = (1, 2) if q else (2, 5)
+    # The overhead rows run in the precision a run would use on this device by default.
+    auto = px.resolve("auto", torch.device(dev))
     specs = []
     # Every base row has an MDN_3 partner with the official heads and one with the shared
     # head (--mdn-head shared), so both overheads are printed.
     ladder = [dict(m=0), dict(m=3), dict(m=3, head="shared")]
     for arch in ("small_dla", "small_hourglass"):
         for task in ("pose", "det"):
-            specs += [dict(kind="train", arch=arch, task=task, size=128, batch=32, **r) for r in ladder]
+            specs += [dict(kind="train", arch=arch, task=task, size=128, batch=32, precision=auto, **r) for r in ladder]
     # The paper's networks at a CPU-sized input, where the heads are a smaller share.
     for arch, task, b in (("dla34", "det", 4), ("hourglass104", "pose", 2)):
-        specs += [dict(kind="train", arch=arch, task=task, size=128, batch=b, **r) for r in ladder]
+        specs += [dict(kind="train", arch=arch, task=task, size=128, batch=b, precision=auto, **r) for r in ladder]
     if dev == "cuda":
         for arch, b in (("dla34", 32), ("hourglass104", 12)):
             for task in ("det", "pose"):
-                specs += [dict(kind="train", arch=arch, task=task, size=512, batch=b, **r) for r in ladder]
+                specs += [dict(kind="train", arch=arch, task=task, size=512, batch=b, precision="bf16", **r)
+                          for r in ladder[:2]]
+    # fp32 / bf16 pairs of MDN_3 (train step and forward) for every preset: the gain on this machine
+    pairs = [("small_dla", "pose", 128, 32), ("small_dla", "det", 128, 32), ("small_hourglass", "pose", 128, 32),
+             ("dla34", "det", 128, 4)] + ([("dla34", "det", 512, 32), ("hourglass104", "pose", 512, 12)]
+                                          if dev == "cuda" else [])
+    for arch, task, size, b in pairs:
+        for prec in ("fp32", "bf16"):
+            spec = dict(kind="train", arch=arch, task=task, size=size, batch=b, m=3, precision=prec)
+            if spec not in specs:
+                specs.append(spec)
     for task in ("det", "pose"):
         specs.append(dict(kind="decode", task=task, m=3, size=512))
         specs.append(dict(kind="loader", task=task, size=512, device="cpu"))
@@ -184,8 +194,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.row:
         return run_row(json.loads(args.row))
-    name = lambda s: " ".join(str(s[k]) for k in ("kind", "arch", "task", "m", "head", "size", "batch", "device")
-                              if k in s)
+    name = lambda s: " ".join(str(s[k]) for k in ("kind", "arch", "task", "m", "head", "size", "batch", "device",
+                                                  "precision") if k in s)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           + (torch.cuda.get_device_name() if args.device == "cuda" else "CPU") + f", {torch.get_num_threads()} threads")
     cols = ["train ms/img", "fwd ms/img", "fwd GFLOP/img", "FPS", "decode ms/img", "loader img/s/worker", "peak MB"]
@@ -204,17 +214,24 @@ def main(argv=None):
         print(f"{name(spec):<48}" + "".join(f"{res[c]:>20.{2 if 'GFLOP' in c else 1}f}" if c in res else f"{'':>20}" for c in cols)
               + (f"  {res['note']}" if "note" in res else ""))
     by_name = {r["row"]: r for r in results}
+    auto = px.resolve("auto", torch.device(args.device)) if args.device != "cuda" else "bf16"
     for arch in ("small_dla", "small_hourglass", "dla34", "hourglass104"):
         for task in ("det", "pose"):
             for size in (128, 512):
-                base = [r for n, r in by_name.items() if n.startswith(f"train {arch} {task} 0 {size} ")]
+                same = lambda n, key: n.startswith(f"train {arch} {task} {key} {size} ") and n.endswith(f" {auto}")
+                base = [r for n, r in by_name.items() if same(n, "0")]
                 for label, key in (("MDN_3", "3"), ("MDN_3 shared head", "3 shared")):
-                    mdn = [r for n, r in by_name.items() if n.startswith(f"train {arch} {task} {key} {size} ")]
+                    mdn = [r for n, r in by_name.items() if same(n, key)]
                     if base and mdn:
                         over = 100 * (mdn[0]["train ms/img"] / base[0]["train ms/img"] - 1)
                         flops = 100 * (mdn[0]["fwd GFLOP/img"] / base[0]["fwd GFLOP/img"] - 1)
                         print(f"{label} vs base train-step overhead, {arch} {task} {size}px: {over:+.1f} % "
                               f"(forward FLOPs {flops:+.1f} %)")
+    for n, r in by_name.items():
+        if n.startswith("train ") and n.endswith(" bf16") and n[:-4] + "fp32" in by_name:
+            f = by_name[n[:-4] + "fp32"]
+            print(f"bf16 + channels_last vs fp32, {n[6:-5]}: train step x{f['train ms/img'] / r['train ms/img']:.2f}, "
+                  f"forward x{f['fwd ms/img'] / r['fwd ms/img']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -26,6 +26,7 @@ the figures in plots.py; this command writes their files.
 import argparse
 import copy
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from tqdm import tqdm
 
 import analysis
 import plots
+import precision as px
 from annotations import dataset_paths
 from coco_data import STRIDE, CocoDataset, apply_affine
 from coco_eval import coco_evaluate, to_coco_results
@@ -58,6 +60,7 @@ class Inference:
     flip_idx: list | None = None
     refine: bool = False
     nms_method: str = "gaussian"
+    precision: str = "fp32"      # fp32 | bf16 (a resolved precision.py choice)
 
 
 # ----------------------------------------------------------------------------- inference
@@ -96,8 +99,8 @@ def network_forward(model, device, inference):
     """view (a CocoDataset batch) -> one stack's outputs: the last stack of the network,
     averaged with the mirrored image's outputs when inference.flip."""
     def forward(view):
-        x = view["input"].to(device, non_blocking=True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+        x = view["input"].to(device, non_blocking=True).contiguous(memory_format=px.memory_format(inference.precision))
+        with px.autocast(device, inference.precision):
             out = model(x)[-1]
             if inference.flip:
                 out = flip_merge(out, model(torch.flip(x, dims=[3]))[-1], inference.flip_idx)
@@ -257,6 +260,9 @@ def parse_args(argv=None):
     inf.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
     inf.add_argument("--workers", type=int, default=0, help="data-loader workers (default 0)")
     inf.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    inf.add_argument("--precision", choices=px.PRECISIONS, default="auto",
+                     help="auto (default): bf16 autocast + channels_last where the hardware computes bf16 "
+                          "natively, else fp32 (the table's title says which)")
     inf.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; on a busy shared CPU, 1 can be many times faster)")
     inf.add_argument("--fps", type=int, nargs="?", const=50, default=0, metavar="N", help="also time N images (default 50) one at a time after 5 warm-up images: network + decoding + mapping back + merge, no data loading (Fig. 3)")
     out = p.add_argument_group("output")
@@ -335,11 +341,15 @@ def main(argv=None):
     if isinstance(rule, int) and rule >= max(m, 1):
         raise SystemExit(f"--component {args.component}: the model has {max(m, 1)} component(s)")
     rows = component_rules(m, rule)
+    precision = px.resolve(args.precision, device) if model is not None else "fp32"
+    if model is not None:
+        model = model.to(memory_format=px.memory_format(precision))
     inference = Inference(rules=tuple(dict.fromkeys(rows.values())), k=args.topk, flip=args.flip,
-                          flip_idx=getattr(ds, "flip_idx", None), refine=args.refine, nms_method=args.soft_nms)
+                          flip_idx=getattr(ds, "flip_idx", None), refine=args.refine, nms_method=args.soft_nms,
+                          precision=precision)
     forward = oracle_forward(cfg) if model is None else network_forward(model, device, inference)
     t0 = time.perf_counter()
-    results = predict(forward, loader, ds.cat_ids, inference)
+    results = predict(forward, loader, ds.cat_ids, inference, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
     if not results[rows["All"]]:
         print("no detections: every metric is 0")
@@ -347,11 +357,11 @@ def main(argv=None):
     how = "".join([" flip" if args.flip else "", " refine" if args.refine else "",
                    f" scales {[v.input_size for v in data.sets]} px" if args.scales else ""])
     title = (f"{'oracle' if args.oracle else args.checkpoint}: {task}, M = {m}, {len(ds)} images at "
-             f"{input_size} px{how}, {seconds:.1f} s")
+             f"{input_size} px{how}, {seconds:.1f} s" + ("" if model is None else f", {px.describe(device, precision)}"))
     table = format_table(stats, task, title)
     if args.fps:
         timing = Inference(rules=(rule,), k=args.topk, flip=args.flip, flip_idx=inference.flip_idx,
-                           refine=args.refine, nms_method=args.soft_nms)
+                           refine=args.refine, nms_method=args.soft_nms, precision=precision)
         fps = measure_fps(network_forward(model, device, timing), data, ds.cat_ids, timing,
                           device.type == "cuda", args.fps)
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""

@@ -20,6 +20,24 @@ import torch
 from model import save_checkpoint
 
 
+def next_run_folder(base, resume=False):
+    """The default run folder: base if it holds no run yet, else base_2, base_3, ... (the first
+    free one), as Ultralytics' runs/exp, exp2; with resume, the newest that holds a checkpoint."""
+    base = Path(base)
+    numbered = {1: base}
+    for p in base.parent.glob(f"{base.name}_*"):
+        suffix = p.name[len(base.name) + 1:]
+        if suffix.isdigit() and int(suffix) >= 2:
+            numbered[int(suffix)] = p
+    if resume:
+        return next((numbered[n] for n in sorted(numbered, reverse=True) if (numbered[n] / "ckpt.pt").exists()), base)
+    used = lambda f: any((f / name).exists() for name in ("ckpt.pt", "log.jsonl", ".lock"))
+    n = 1
+    while n in numbered and used(numbered[n]):
+        n += 1
+    return base if n == 1 else base.with_name(f"{base.name}_{n}")
+
+
 class RunLock:
     """`with RunLock(folder):` holds folder/.lock (O_EXCL, the process id inside) while a run
     writes there. A lock whose process is gone is stale and taken over; a live one is an

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ from annotations import dataset_paths
 from coco_data import CocoDataset
 from evaluate import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
-from rundir import RunLock, save_run
+import precision as px
+from rundir import RunLock, next_run_folder, save_run
 
 # Paper §4.1 / official schedules (lr for the reference batch; lr x0.1 at each step), and
 # this project's CPU demos on the synthetic data: lr 2.5e-3 reached AP 0.09 after 5 epochs
@@ -65,6 +67,7 @@ class TrainConfig:
     max_images: int = 0
     init: str = ""
     oks_sigmas: list | None = None  # per-joint OKS sigmas (pycocotools' convention) when the data has none
+    precision: str = "auto"         # auto | fp32 | bf16 (precision.py)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -154,7 +157,7 @@ def evaluate_model(model, val, cfg, rank, world, device, progress):
     loader = torch.utils.data.DataLoader(val, batch_size=16, sampler=sampler, num_workers=cfg.workers)
     if model.cfg.task == "pose":
         rows = {"All": rows.pop("All"), "All+ref": ("max", True), **rows}
-    inference = Inference(rules=tuple(rows.values()))
+    inference = Inference(rules=tuple(rows.values()), precision=px.resolve(cfg.precision, device))
     model.eval()
     results = predict(network_forward(model, device, inference), loader, val.cat_ids, inference, progress)
     if world > 1:
@@ -230,9 +233,12 @@ def _train(model_cfg, cfg, resume, rank, world, device):
         if start_epoch >= cfg.epochs and rank == 0:
             print(f"--resume: {ckpt_path} already finished its {cfg.epochs} epochs; nothing to train")
     cuda = device.type == "cuda"
+    precision = px.resolve(cfg.precision, device)
+    if rank == 0:
+        print(f"run {out}: {model_cfg.task} M={model_cfg.m} {model_cfg.arch} on {px.describe(device, precision)}")
     if cuda:
         torch.backends.cudnn.benchmark = True
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=px.memory_format(precision))
     net = torch.nn.parallel.DistributedDataParallel(model, [device] if cuda else None) if world > 1 else model
     step_fn = torch.compile(net) if cfg.compile else net
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -263,11 +269,13 @@ def _train(model_cfg, cfg, resume, rank, world, device):
             group["lr"] = lr_at(epoch, cfg)  # --batch-size is global: same batch, same lr
         net.train()
         sums, n, t0 = {}, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0, leave=False)
+        # a redrawn bar on a terminal; in a log file, CI or a notebook one line per epoch (below)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0 or not sys.stderr.isatty(),
+                   leave=False)
         for step, batch in enumerate(bar):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-            x = batch["input"].to(memory_format=torch.channels_last) if cuda else batch["input"]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            x = batch["input"].contiguous(memory_format=px.memory_format(precision))
+            with px.autocast(device, precision):
                 outputs = step_fn(x)
             loss, parts = md.total_loss(outputs, batch, weights, kpt_scale)
             if not torch.isfinite(loss):
@@ -288,7 +296,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
             save_run(out, model, optimizer, epoch, dataclasses.asdict(cfg), history, last_good)
             last_good = f"{ckpt_path} (after epoch {epoch + 1})"
         if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch == cfg.epochs - 1:
-            stats = evaluate_model(model, val_set, cfg, rank, world, device, progress=rank == 0)
+            stats = evaluate_model(model, val_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
             if rank == 0:
                 line["AP"] = float(stats["All"][0])
                 if "All+ref" in stats:
@@ -375,14 +383,19 @@ def parse_args(argv=None):
         l.add_argument(f"--w-{name}", type=non_negative(float), help=f"weight of the {name} loss in Eq. (6) (default {default})")
     l.add_argument("--w-hps", type=non_negative(float), help="weight of the pose regression loss (default 0.1 for MDN, 1 for the L1 base)")
     r = p.add_argument_group("run")
-    r.add_argument("--out", help="output folder (default runs/<task>_m<M>)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    r.add_argument("--out", help="output folder (default: a new runs/<task>_m<M>, then runs/<task>_m<M>_2, _3, ...)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest "
+                                                          "runs/<task>_m<M>[_N]) from its checkpoint")
     r.add_argument("--init", help="start from the weights of another run's ckpt.pt (fine-tuning; tensors whose "
                                   "name or shape differ, e.g. mixture heads after a --m 0 run, start fresh)")
     r.add_argument("--workers", type=non_negative(int), default=0, help="data-loader worker processes (default 0)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--eval-every", type=non_negative(int), default=0, help="also evaluate every N epochs (default 0: only at the end)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
+    r.add_argument("--precision", choices=px.PRECISIONS, default="auto",
+                   help="auto (default): bf16 autocast + channels_last where the hardware computes bf16 natively "
+                        "(CUDA, CPUs with AVX512-BF16 / AMX), fp32 elsewhere; the run's first line says which. "
+                        "Losses are float32 in every case")
     r.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: torch's choice, one per core). On a CPU "
                                                          "shared with other busy processes use 1: OpenMP threads waiting on each "
                                                          "other then slowed training here 10-40x")
@@ -436,7 +449,8 @@ def config_from_args(args):
                       input_size=pick(args.input_size, "input_size"), batch_size=pick(args.batch_size, "batch_size"),
                       lr=pick(args.lr, "lr"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
                       flip_prob=flip_prob, workers=args.workers, seed=args.seed,
-                      out=args.out or f"runs/{args.task}_m{args.m}", eval_every=args.eval_every,
+                      out=args.out or str(next_run_folder(f"runs/{args.task}_m{args.m}", args.resume)),
+                      eval_every=args.eval_every, precision=args.precision,
                       compile=args.compile, max_images=args.max_images, init=args.init or "",
                       oks_sigmas=args.oks_sigmas)
     multiple = ARCHS[arch][2]

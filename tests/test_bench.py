@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
+import precision as px
 import mdn_dense as md
 from model import ModelConfig, build_model
 
@@ -24,13 +25,17 @@ def test_table_and_overhead_line(tmp_path, capsys):
     bench.main(["--quick", "--only", "small_dla det", "--json", str(out)])
     printed = capsys.readouterr().out
     rows = json.loads(out.read_text())
-    assert [r["row"] for r in rows] == ["train small_dla det 0 128 32 cpu", "train small_dla det 3 128 32 cpu",
-                                        "train small_dla det 3 shared 128 32 cpu"]
+    auto = px.resolve("auto", torch.device("cpu"))
+    other = {"bf16": "fp32", "fp32": "bf16"}[auto]
+    assert [r["row"] for r in rows] == [f"train small_dla det 0 128 32 cpu {auto}", f"train small_dla det 3 128 32 cpu {auto}",
+                                        f"train small_dla det 3 shared 128 32 cpu {auto}",
+                                        f"train small_dla det 3 128 32 cpu {other}"]
     assert all(r["train ms/img"] > 0 and r["peak MB"] > 0 for r in rows)
     # FLOPs do not depend on the machine: the extra heads must cost something, the shared less
     assert rows[1]["fwd GFLOP/img"] > rows[2]["fwd GFLOP/img"] > rows[0]["fwd GFLOP/img"] > 0
     assert "MDN_3 vs base train-step overhead, small_dla det 128px" in printed
     assert "MDN_3 shared head vs base train-step overhead, small_dla det 128px" in printed
+    assert "bf16 + channels_last vs fp32, small_dla det 3 128 32 cpu: train step x" in printed
 
 
 @pytest.mark.parametrize("task", ["det", "pose"])

@@ -12,7 +12,7 @@ import torch
 import model as model_module
 import train
 from model import read_checkpoint
-from rundir import RunLock, non_finite, write_log
+from rundir import RunLock, next_run_folder, non_finite, write_log
 from synthetic_coco import make_dataset
 
 
@@ -178,3 +178,19 @@ def test_resume_from_another_model_or_a_finished_run(tiny, tmp_path, capsys):
     junk = argv(tiny, tmp_path / "junk", "--epochs", "1", "--init", str(tmp_path / "junk.pt"))
     with pytest.raises(SystemExit, match=r"--init: .*junk.pt: not a readable checkpoint"):
         train.main(junk)
+
+
+def test_a_second_run_gets_the_next_numbered_folder(tmp_path):
+    base = tmp_path / "runs" / "pose_m3"
+    assert next_run_folder(base) == base
+    base.mkdir(parents=True)
+    assert next_run_folder(base) == base                         # an empty folder is not a run
+    (base / "ckpt.pt").write_bytes(b"x")
+    assert next_run_folder(base) == base.with_name("pose_m3_2")
+    for n in (2, 3):
+        base.with_name(f"pose_m3_{n}").mkdir()
+        (base.with_name(f"pose_m3_{n}") / "log.jsonl").write_text("")
+    (base.with_name("pose_m3_3") / "ckpt.pt").write_bytes(b"x")
+    assert next_run_folder(base) == base.with_name("pose_m3_4")
+    assert next_run_folder(base, resume=True) == base.with_name("pose_m3_3")   # the newest checkpoint
+    assert next_run_folder(tmp_path / "none", resume=True) == tmp_path / "none"
