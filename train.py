@@ -31,19 +31,8 @@ from coco_data import CocoDataset
 from evaluate import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
 import precision as px
+from recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
 from rundir import RunLock, next_run_folder, save_run
-
-# Paper §4.1 / official schedules (lr for the reference batch; lr x0.1 at each step), and
-# this project's CPU demos on the synthetic data: lr 2.5e-3 reached AP 0.09 after 5 epochs
-# where 1e-3 reached 0.01 (small_dla, pose, M = 3); 20 epochs of 2000 images take ~6 min on 2 cores.
-PRESETS = {
-    "hourglass104": dict(input_size=512, batch_size=12, lr=2.5e-4, epochs=50, lr_steps=[40]),
-    "dla34": dict(input_size=512, batch_size=32, lr=2e-4, epochs=140, lr_steps=[90, 120]),
-    "small_hourglass": dict(input_size=128, batch_size=32, lr=2.5e-3, epochs=20, lr_steps=[15]),
-    "small_dla": dict(input_size=128, batch_size=32, lr=2.5e-3, epochs=20, lr_steps=[15]),
-}
-HOURGLASS_SCHEDULES = {"1x": 50, "2x": 100, "3x": 150}  # hourglass104: lr drop 10 epochs before the end
-
 
 @dataclass
 class TrainConfig:
@@ -57,6 +46,8 @@ class TrainConfig:
     lr: float = 2.5e-3
     epochs: int = 20
     lr_steps: list = field(default_factory=list)
+    lr_schedule: str = "step"       # step (the paper's) | cosine
+    warmup: float = 0.0             # epochs of linear warm-up
     loss_weights: dict = field(default_factory=dict)
     flip_prob: float = 0.5
     workers: int = 0
@@ -71,11 +62,6 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- pieces
-def lr_at(epoch, cfg):
-    """Step decay: x0.1 at every epoch in lr_steps (paper §4.1)."""
-    return cfg.lr * 0.1 ** sum(epoch >= s for s in cfg.lr_steps)
-
-
 def init_from(model, path):
     """Start from another run's weights (CenterNet's --load_model): every tensor whose name
     and shape match is copied; the others (e.g. the mixture heads when the run was the
@@ -265,14 +251,14 @@ def _train(model_cfg, cfg, resume, rank, world, device):
         # an uninterrupted one (the sampler's order comes from seed + epoch too).
         torch.manual_seed(cfg.seed + 1000 * epoch + rank)
         sampler.set_epoch(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(epoch, cfg)  # --batch-size is global: same batch, same lr
         net.train()
         sums, n, t0 = {}, 0, time.perf_counter()
         # a redrawn bar on a terminal; in a log file, CI or a notebook one line per epoch (below)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0 or not sys.stderr.isatty(),
                    leave=False)
         for step, batch in enumerate(bar):
+            for group in optimizer.param_groups:  # --batch-size is global: same batch, same lr
+                group["lr"] = lr_at(epoch + step / len(loader), cfg)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
             x = batch["input"].contiguous(memory_format=px.memory_format(precision))
             with px.autocast(device, precision):
@@ -365,6 +351,10 @@ def parse_args(argv=None):
     a.add_argument("--schedule", choices=list(HOURGLASS_SCHEDULES), help="hourglass104 only: 1x / 2x / 3x = 50 / 100 / 150 epochs, lr x0.1 ten epochs before the end (default 1x)")
     a.add_argument("--epochs", type=positive(int), help="epochs (default: the preset's; the preset's lr steps are scaled to it)")
     a.add_argument("--lr-steps", type=positive(int), nargs="*", help="epochs at which lr drops x0.1 (default: the preset's, scaled to --epochs; give none for a constant lr)")
+    a.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="step: x0.1 at --lr-steps (the paper's); cosine: "
+                                                              "a cosine decay to 0 over --epochs (default: the preset's)")
+    a.add_argument("--warmup", type=non_negative(float), help="epochs of linear learning-rate warm-up from lr/100 "
+                                                              "(default: the preset's; the paper uses none)")
     a.add_argument("--lr", type=positive(float), help="Adam learning rate for the whole batch (default: the preset's)")
     a.add_argument("--batch-size", type=positive(int), help="global batch size, split over torchrun processes; the lr is for this batch (default: the preset's)")
     a.add_argument("--input-size", type=positive(int), help="training input side in pixels, a multiple of the network's (32; 128 for hourglass104) (default: the preset's)")
@@ -402,22 +392,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def schedule(arch, schedule_name, epochs, lr_steps):
-    """(epochs, lr_steps) from the preset, the hourglass schedule and the flags: a flag wins
-    when given (0 is a value, not 'absent'); the preset's steps scale with --epochs."""
-    preset = PRESETS[arch]
-    base_epochs, base_steps = preset["epochs"], preset["lr_steps"]
-    if schedule_name is not None:
-        if arch != "hourglass104":
-            raise SystemExit(f"--schedule is for --arch hourglass104, not {arch}")
-        base_epochs = HOURGLASS_SCHEDULES[schedule_name]
-        base_steps = [base_epochs - 10]
-    epochs_ = epochs if epochs is not None else base_epochs
-    if lr_steps is None:
-        lr_steps = sorted({max(1, round(s * epochs_ / base_epochs)) for s in base_steps})
-    return epochs_, lr_steps
-
-
 def config_from_args(args):
     """The command line -> (ModelConfig, TrainConfig). Defaults that depend on the data:
     synthetic -> the CPU demo preset, real data -> the paper's preset."""
@@ -448,6 +422,8 @@ def config_from_args(args):
     cfg = TrainConfig(ann=str(ann), images=str(images), val_ann=str(val_ann), val_images=str(val_images),
                       input_size=pick(args.input_size, "input_size"), batch_size=pick(args.batch_size, "batch_size"),
                       lr=pick(args.lr, "lr"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
+                      lr_schedule=args.lr_schedule or preset.get("lr_schedule", "step"),
+                      warmup=args.warmup if args.warmup is not None else preset.get("warmup", 0.0),
                       flip_prob=flip_prob, workers=args.workers, seed=args.seed,
                       out=args.out or str(next_run_folder(f"runs/{args.task}_m{args.m}", args.resume)),
                       eval_every=args.eval_every, precision=args.precision,
