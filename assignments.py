@@ -27,13 +27,14 @@ MDN, DATA = "tests/test_mdn_dense.py", "tests/test_coco_data.py"
 
 # In the suggested order: toy MDN -> dense loss -> targets -> decoding (then a training run).
 ASSIGNMENTS = [
-    ("sigma_activation", "mdn_dense.py", 5, [f"{MDN}::test_sigma_activation_stays_above_floor"]),
-    ("mdn_nll", "mdn_dense.py", 30, [f"{MDN}::test_mdn_nll_matches_torch_distributions",
-                                     f"{MDN}::test_mdn_nll_detection_shape_without_mask_or_scale",
-                                     f"{MDN}::test_mdn_nll_keeps_log_kpt_scale_term",
-                                     f"{MDN}::test_mdn_nll_gradcheck",
-                                     f"{MDN}::test_single_component_is_a_gaussian_nll",
-                                     f"{MDN}::test_mixture_loss_is_finite_for_extreme_inputs"]),
+    ("sigma_activation", "mdn_dense.py", 5, [f"{MDN}::test_sigma_activation_{t}" for t in (
+        "matches_elu_plus_one_plus_floor", "stays_above_floor", "clamps_at_1e_4_for_floor_zero")]),
+    ("mdn_nll", "mdn_dense.py", 30, [f"{MDN}::test_mdn_nll_{t}" for t in (
+        "matches_torch_distributions", "detection_shape_without_mask_or_scale",
+        "ignores_masked_dims", "counts_only_visible_dims_in_c",
+        "divides_residuals_by_sigma_times_kpt_scale", "keeps_log_kpt_scale_term",
+        "combines_components_with_log_sum_exp", "single_component_is_a_gaussian_nll",
+        "gradcheck", "is_finite_for_extreme_inputs", "kpt_scale_wrong_length_is_a_clear_error")]),
     ("draw_gaussian", "coco_data.py", 15, [f"{DATA}::test_draw_gaussian_peak_sigma_clip_and_max",
                                            f"{DATA}::test_render_targets_det_clip_skip_and_cap",
                                            f"{DATA}::test_render_targets_pose_offsets_masks_and_zero_keypoints"]),
