@@ -9,8 +9,9 @@ instructor's tests against the student's code.
 Solution regions are marked with nbgrader's comments, `### BEGIN SOLUTION` and
 `### END SOLUTION`, in the modules (and in notebook code cells). The markers are plain
 comments: the project runs unchanged. `build` copies every file git tracks (data,
-runs and checkpoints stay behind) and replaces each region by `raise NotImplementedError(...)`,
-keeping the region's `# HINT:` comment lines.
+runs and checkpoints stay behind), replaces each region by `raise NotImplementedError(...)`
+keeping the region's `# HINT:` comment lines, and writes STUDENT_README.md as the copy's
+README.md (the instructor's README describes the reference solution).
 
 `grade` never runs anything from the student's tests/ folder and never lets the student's
 code see the reference: it builds a temporary folder holding the instructor's graded test
@@ -39,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 TOOLING = ("assignments.py", "grader_guard.py")  # never copied into a grading run as student code
+STUDENT_README = "STUDENT_README.md"
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,8 @@ def build(dest, root=ROOT):
         raise SystemExit(f"{dest} exists and is not empty: choose a new folder")
     blanked = {}
     for rel in tracked_files(root):
+        if rel in ("README.md", STUDENT_README):
+            continue  # the student copy's README is STUDENT_README.md, written below
         src, dst = root / rel, dest / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if rel in TOOLING or not rel.endswith((".py", ".ipynb")):
@@ -151,6 +155,7 @@ def build(dest, root=ROOT):
         dst.write_text(new)
         if n:
             blanked[rel] = n
+    shutil.copy2(root / STUDENT_README, dest / "README.md")
     return blanked
 
 

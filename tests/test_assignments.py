@@ -1,5 +1,6 @@
-"""The assignment tooling: the student copy blanks every solution, and the grader runs the
-instructor's tests against the student's modules (and is not fooled by the shortcuts below)."""
+"""The assignment tooling: the student copy blanks every solution and gets its own README,
+and the grader runs the instructor's tests against the student's modules (and is not fooled
+by the shortcuts below)."""
 import runpy
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import assignments as asg
 INDEPENDENT = ["tests/test_mdn_dense.py::test_focal_loss_matches_slow_loop",
                "tests/test_mdn_dense.py::test_head_channels_ladder",
                "tests/test_coco_data.py::test_affine_round_trip_and_flip_twice",
-               "tests/test_synthetic_coco.py"]
+               "tests/test_synthetic_coco.py", "tests/test_readme.py"]
 STOLEN = ("sigma_activation", "mdn_nll", "select_component", "max_filter3x3", "peak_mask", "topk_peaks", "decode")
 
 
@@ -68,6 +69,10 @@ def test_student_copy_fails_blanked_tests_and_passes_after_restoring(built, stud
     blanked = built[1]
     assert blanked["mdn_dense.py"] >= 6 and blanked["coco_data.py"] >= 1
     assert "### BEGIN SOLUTION" not in (student / "mdn_dense.py").read_text()
+    readme = (student / "README.md").read_text()
+    assert readme == (asg.ROOT / asg.STUDENT_README).read_text() and not (student / asg.STUDENT_README).exists()
+    assert "for instructors" not in readme and "reference solution" not in readme
+    assert len(readme.splitlines()) <= 50
     grades = asg.grade(student)
     assert grades.total == 0 and not grades.problems, asg.format_grades(grades)
     # the feedback names each failing test, the function it grades and the first line of why
