@@ -1,10 +1,11 @@
 """The assignment tooling: the student copy blanks every solution and gets its own README,
-and the grader runs the instructor's tests against the student's modules (and is not fooled
-by the shortcuts below)."""
+the grader runs the instructor's tests against the student's modules (and is not fooled by
+the shortcuts below), and each typical mistake costs the points of its own function only."""
 import runpy
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -16,6 +17,10 @@ INDEPENDENT = ["tests/test_mdn_dense.py::test_focal_loss_matches_slow_loop",
                "tests/test_coco_data.py::test_affine_round_trip_and_flip_twice",
                "tests/test_synthetic_coco.py", "tests/test_readme.py"]
 STOLEN = ("sigma_activation", "mdn_nll", "select_component", "max_filter3x3", "peak_mask", "topk_peaks", "decode")
+
+
+def rows(grades):
+    return {a.name: got for a, _, got in grades.rows}
 
 
 def pytest_in(folder, *args):
@@ -178,3 +183,57 @@ if "pytest" in _sys.modules:
     assert grades.total == 0, asg.format_grades(grades)
     report = asg.format_grades(grades)
     assert "opened" in report and "for writing" in report and "stopped before the end" in report, report
+
+
+# ----------------------------------------------------------------------------- points where the mistake is
+PHI = "- 0.5 * math.log(2 * math.pi))).sum(-1)"
+MUTANTS = [  # (function, the mistake, text in its solution region, the wrong version)
+    ("sigma_activation", "exp instead of ELU + 1", "F.elu(x) + 1.0 + floor", "torch.exp(x) + floor"),
+    ("sigma_activation", "softplus instead of ELU + 1", "F.elu(x) + 1.0 + floor", "F.softplus(x) + floor"),
+    ("sigma_activation", "no floor", "F.elu(x) + 1.0 + floor", "F.elu(x) + 1.0"),
+    ("sigma_activation", "no clamp", "(F.elu(x) + 1.0 + floor).clamp_min(1e-4)", "F.elu(x) + 1.0 + floor"),
+    ("mdn_nll", "no mask", "mask = torch.ones_like(t) if mask is None else mask.to(dtype)", "mask = torch.ones_like(t)"),
+    ("mdn_nll", "no keypoint scale", "std = std * k.repeat_interleave(2)", "std = std"),
+    ("mdn_nll", "c counts masked dims", PHI, "+ 0)).sum(-1) - 0.5 * D * math.log(2 * math.pi)"),
+    ("mdn_nll", "mean instead of log-sum-exp", "-torch.logsumexp(log_alpha + log_phi, dim=1)",
+     "-(log_alpha + log_phi).mean(dim=1)"),
+    ("mdn_nll", "no -sum log k_j", "- torch.log(std)", "- torch.log(_expand_axes(sigma, D))"),
+]
+
+
+def plant(text, func, old, new):
+    """Replace `old` by `new` inside func's solution region (exactly once)."""
+    start = text.index(asg.BEGIN, text.index(f"def {func}("))
+    end = text.index(asg.END, start)
+    region = text[start:end]
+    assert region.count(old) == 1, f"{func}'s solution region no longer contains {old!r} once"
+    return text[:start] + region.replace(old, new) + text[end:]
+
+
+def test_each_typical_mistake_costs_its_own_function_only(tmp_path):
+    source = (asg.ROOT / "mdn_dense.py").read_text()
+    folders = []
+    for i, (func, _, old, new) in enumerate(MUTANTS):
+        folder = tmp_path / f"mutant{i}"
+        folder.mkdir()
+        for module in asg.ROOT.glob("*.py"):
+            shutil.copyfile(module, folder / module.name)
+        (folder / "mdn_dense.py").write_text(plant(source, func, old, new))
+        folders.append(folder)
+    with ThreadPoolExecutor(2) as pool:  # each grade is a pytest process; two cores
+        results = list(pool.map(asg.grade, folders))
+    full = {a.name: a.points for a in asg.ASSIGNMENTS}
+    for (func, mistake, _, _), g in zip(MUTANTS, results):  # the table that -s shows
+        others = sum(full.values()) - full[func] - (g.total - rows(g)[func])
+        print(f"{func:<17} {mistake:<28} lost {full[func] - rows(g)[func]}/{full[func]}, the others {others}")
+    for (func, mistake, _, _), grades in zip(MUTANTS, results):
+        got = rows(grades)
+        assert got[func] == 0, f"{mistake}: {func} keeps its points\n" + asg.format_grades(grades)
+        assert {n: p for n, p in got.items() if n != func} == {n: p for n, p in full.items() if n != func}, (
+            f"{mistake} in {func} costs another function points\n" + asg.format_grades(grades))
+        assert {name for name, _, _ in grades.failures} == {func} and not grades.problems, asg.format_grades(grades)
+    # the feedback says where: the failing test, its function and the first line of its message
+    report = asg.format_grades(results[3], verbose=True)
+    assert "[sigma_activation] tests/test_mdn_dense.py::test_sigma_activation_clamps_at_1e_4_for_floor_zero" in report
+    assert "clamp it from below at 1e-4" in report and "pytest output:" in report
+    assert [name for name, _, _ in results[3].failures] == ["sigma_activation"]  # only the clamp test fails
