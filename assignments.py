@@ -351,7 +351,7 @@ def format_grades(grades, verbose=False):
         for name, nodeid, reason in grades.failures:
             lines += [f"  [{name}] {nodeid}", f"      {reason}"]
     if verbose:
-        lines += ["", "pytest output:", grades.output]
+        lines += ["", "pytest output (the grader's canary file has one test that fails on purpose):", grades.output]
     return "\n".join(lines)
 
 

@@ -142,6 +142,21 @@ for _way in _ways:
         assert way in report, report
 
 
+def test_a_link_to_the_reference_is_refused(tmp_path):
+    """Attack 2, by the file system: a student module that is a link to the reference's."""
+    (tmp_path / "sym").mkdir()
+    (tmp_path / "sym" / "mdn_dense.py").symlink_to(asg.ROOT / "mdn_dense.py")
+    with pytest.raises(SystemExit, match="mdn_dense.py is not a plain file"):
+        asg.grade(tmp_path / "sym")
+    (tmp_path / "hard").mkdir()
+    try:
+        (tmp_path / "hard" / "mdn_dense.py").hardlink_to(asg.ROOT / "mdn_dense.py")
+    except OSError:
+        pytest.skip("no hard links across these folders")
+    with pytest.raises(SystemExit, match="the reference's own file"):
+        asg.grade(tmp_path / "hard")
+
+
 def test_student_code_cannot_switch_off_the_tests(student):
     """Attack 3: the student's mdn_dense.py, imported by the tests, replaces pytest's
     Function.runtest so that no test body runs. The guard sees pytest's machinery change
@@ -235,5 +250,5 @@ def test_each_typical_mistake_costs_its_own_function_only(tmp_path):
     # the feedback says where: the failing test, its function and the first line of its message
     report = asg.format_grades(results[3], verbose=True)
     assert "[sigma_activation] tests/test_mdn_dense.py::test_sigma_activation_clamps_at_1e_4_for_floor_zero" in report
-    assert "clamp it from below at 1e-4" in report and "pytest output:" in report
+    assert "clamp it from below at 1e-4" in report and "pytest output" in report
     assert [name for name, _, _ in results[3].failures] == ["sigma_activation"]  # only the clamp test fails

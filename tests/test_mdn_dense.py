@@ -23,7 +23,8 @@ def elu_plus_one(x, floor):
 
 @pytest.mark.parametrize("floor", [0.0, 1.0, 9.0])
 def test_sigma_activation_matches_elu_plus_one_plus_floor(floor):
-    x = torch.tensor([-6.0, -1.0, -0.25, 0.0, 0.5, 3.0, 50.0], dtype=torch.float64)
+    # the telling points first: 0 (exactly 1 + floor), then x > 0 where ELU + 1 is linear
+    x = torch.tensor([0.0, 3.0, 0.5, 50.0, -0.25, -1.0, -6.0], dtype=torch.float64)
     got = md.sigma_activation(x, floor)
     for xi, gi in zip(x.tolist(), got.tolist()):
         want = elu_plus_one(xi, floor)
