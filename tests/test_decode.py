@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import decode as dc
 import mdn_dense as md
-from conftest import random_outputs
+from support import random_outputs
 from model import ModelConfig, head_channels
 
 

@@ -18,7 +18,7 @@ import evaluate
 import mdn_dense as md
 from coco_data import CocoDataset
 from coco_eval import coco_evaluate
-from conftest import SAMPLE, SAMPLE_ANN, needs_sample
+from support import SAMPLE, SAMPLE_ANN, needs_sample
 from synthetic_coco import make_dataset
 from decode import flip_merge
 from model import ModelConfig, build_model, default_sigma_floor, save_checkpoint

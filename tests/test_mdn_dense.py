@@ -1,4 +1,10 @@
-"""Oracle and invariance tests for mdn_dense.py (the mixture math and the losses)."""
+"""Oracle and invariance tests for mdn_dense.py (the mixture math and the losses).
+
+The tests of the two graded activation / loss functions come first, sigma_activation then
+mdn_nll (assignments.ASSIGNMENTS grades them by these names). Each depends on its own
+function alone, and each fails for one of that function's typical mistakes with a message
+that names it; tests/test_assignments.py plants those mistakes and checks the points.
+"""
 import math
 
 import pytest
@@ -7,9 +13,58 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 import mdn_dense as md
-from conftest import random_outputs
+from support import random_outputs
 
 
+# ----------------------------------------------------------------------------- sigma_activation
+def elu_plus_one(x, floor):
+    """§4.2 written out for one number: ELU(x) + 1 is x + 1 for x >= 0 and exp(x) below."""
+    return (x + 1 if x >= 0 else math.exp(x)) + floor
+
+
+@pytest.mark.parametrize("floor", [0.0, 1.0, 9.0])
+def test_sigma_activation_matches_elu_plus_one_plus_floor(floor):
+    # the telling points first: 0 (exactly 1 + floor), then x > 0 where ELU + 1 is linear
+    x = torch.tensor([0.0, 3.0, 0.5, 50.0, -0.25, -1.0, -6.0], dtype=torch.float64)
+    got = md.sigma_activation(x, floor)
+    for xi, gi in zip(x.tolist(), got.tolist()):
+        want = elu_plus_one(xi, floor)
+        assert math.isclose(gi, want, rel_tol=1e-6), (
+            f"sigma_activation(x={xi}, floor={floor}) = {gi:.6g}, expected ELU(x) + 1 + floor = {want:.6g} "
+            "(x + 1 + floor for x >= 0, linear, not exp or softplus; exp(x) + floor for x < 0)")
+
+
+def test_sigma_activation_stays_above_floor():
+    for floor in (1.0, 9.0):
+        sigma = md.sigma_activation(torch.linspace(-8, 1e3, 1001), floor)
+        assert (sigma > floor).all(), (
+            f"floor={floor}: sigma reaches {sigma.min().item():.4g}, not above the floor (add it to ELU(x) + 1)")
+        # float32 saturation: ELU(-1e3) + 1 is exactly 0, so sigma reaches the floor itself
+        sigma = md.sigma_activation(torch.tensor([-1e3, -1e4]), floor)
+        assert (sigma >= floor).all(), f"floor={floor}: sigma at x = -1e3, -1e4 is {sigma.tolist()}, below the floor"
+    with pytest.raises(ValueError, match="sigma floor must be >= 0"):
+        md.sigma_activation(torch.zeros(1), -1.0)
+
+
+def test_sigma_activation_clamps_at_1e_4_for_floor_zero():
+    """With floor = 0, ELU(-1e3) + 1 is exactly 0 in float32: the clamp at 1e-4 (the official
+    code's) keeps log sigma, 1 / sigma and their gradients finite, under bf16 autocast too."""
+    raw = torch.tensor([-1e4, -1e3, -200.0, -20.0], requires_grad=True)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            sigma = md.sigma_activation(raw, floor=0.0)
+        where = f"(autocast={autocast}, x = {raw.tolist()})"
+        assert (sigma >= 1e-4).all(), (
+            f"floor=0: sigma = {sigma.tolist()} {where}; clamp it from below at 1e-4, ELU(x) + 1 underflows to 0")
+        assert torch.allclose(sigma.float(), torch.full((4,), 1e-4), rtol=1e-2), (
+            f"floor=0: sigma = {sigma.tolist()} {where}; where ELU(x) + 1 < 1e-4 sigma is the clamp, 1e-4")
+        log_sigma = sigma.float().log()
+        grad, = torch.autograd.grad(log_sigma.sum(), raw)
+        assert torch.isfinite(log_sigma).all() and torch.isfinite(grad).all(), (
+            f"floor=0: log sigma = {log_sigma.tolist()}, its gradient {grad.tolist()} {where}")
+
+
+# ----------------------------------------------------------------------------- mdn_nll
 def random_mixture(N=6, M=3, K=4, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     D = 2 * K
@@ -23,35 +78,66 @@ def random_mixture(N=6, M=3, K=4, dtype=torch.float64, seed=0):
     return target, mu, sigma, log_alpha, mask, kpt_scale
 
 
-def oracle_nll(target, mu, sigma, log_alpha, mask, kpt_scale):
-    """Per instance: a MixtureSameFamily of independent Normals over the visible dims."""
-    N, M, D = mu.shape
-    std = sigma.repeat(1, 1, D // 2) * kpt_scale.repeat_interleave(2)  # (N, M, D)
-    out = []
-    for i in range(N):
-        vis = mask[i].bool()
-        if not vis.any():
-            out.append(torch.zeros((), dtype=mu.dtype))
-            continue
-        comp = Independent(Normal(mu[i][:, vis], std[i][:, vis]), 1)
-        mix = MixtureSameFamily(Categorical(logits=log_alpha[i]), comp)
-        out.append(-mix.log_prob(target[i][vis]))
-    return torch.stack(out)
-
-
 def test_mdn_nll_matches_torch_distributions():
-    args = random_mixture()
-    ours, ref = md.mdn_nll(*args), oracle_nll(*args)
-    assert ours.dtype == torch.float64
-    assert (ours - ref).abs().max() < 1e-5
-    assert ours[0] == 0  # all-masked instance contributes nothing
+    """The main check, one instance at a time: -log p of a MixtureSameFamily of independent
+    Normals over the instance's visible dims, dim d of joint d // 2 on axis d % 2 having the
+    std sigma[m, d % 2] * k[d // 2] (the docstring's definition)."""
+    target, mu, sigma, log_alpha, mask, k = random_mixture()
+    ours = md.mdn_nll(target, mu, sigma, log_alpha, mask, k)
+    assert ours.shape == (6,) and ours.dtype == torch.float64, f"shape {tuple(ours.shape)}, {ours.dtype}"
+    assert ours[0] == 0, f"instance 0 has no visible dim: its NLL must be 0, got {ours[0].item():.6g}"
+    for i in range(1, len(target)):
+        vis = [d for d in range(target.shape[1]) if mask[i, d]]
+        std = torch.stack([sigma[i, :, d % 2] * k[d // 2] for d in vis], dim=-1)  # (M, c)
+        mix = MixtureSameFamily(Categorical(logits=log_alpha[i]), Independent(Normal(mu[i][:, vis], std), 1))
+        ref = -mix.log_prob(target[i, vis])
+        assert abs(ours[i] - ref) < 1e-5, (
+            f"instance {i} ({len(vis)} of {target.shape[1]} dims visible): mdn_nll gives {ours[i].item():.6f}, "
+            f"torch.distributions {ref.item():.6f}")
 
 
 def test_mdn_nll_detection_shape_without_mask_or_scale():
+    # D = 2 (a box's w, h): the std of each axis is sigma itself; no mask, no k_j
     target, mu, sigma, log_alpha, _, _ = random_mixture(K=1)
     ours = md.mdn_nll(target, mu, sigma, log_alpha)
-    ref = oracle_nll(target, mu, sigma, log_alpha, torch.ones_like(target), torch.ones(1, dtype=torch.float64))
-    assert (ours - ref).abs().max() < 1e-5
+    ref = -MixtureSameFamily(Categorical(logits=log_alpha), Independent(Normal(mu, sigma), 1)).log_prob(target)
+    assert (ours - ref).abs().max() < 1e-5, f"mask=None, kpt_scale=None: {ours.tolist()} vs torch.distributions {ref.tolist()}"
+
+
+def test_mdn_nll_ignores_masked_dims():
+    target, mu, sigma, log_alpha, mask, k = random_mixture()
+    base = md.mdn_nll(target, mu, sigma, log_alpha, mask, k)
+    far = 1e3 * (1 - mask)                                             # moves masked dims only
+    moved = md.mdn_nll(target + far, mu - far[:, None, :], sigma, log_alpha, mask, k)
+    assert (moved - base).abs().max() < 1e-9, (
+        f"moving masked dims (mask = 0) changed the NLL by up to {(moved - base).abs().max().item():.3g}: "
+        "every per-dim term must be multiplied by the mask before the sum over D")
+
+
+def test_mdn_nll_counts_only_visible_dims_in_c():
+    # One component centred on the target, std 1: the NLL is the normaliser alone,
+    # c/2 log(2 pi) with c the number of visible dims (Eq. 2)
+    c = torch.tensor([2.0, 6.0, 8.0], dtype=torch.float64)
+    mask = (torch.arange(8)[None, :] < c[:, None]).to(torch.float64)  # (3, D = 8)
+    got = md.mdn_nll(torch.zeros(3, 8, dtype=torch.float64), torch.zeros(3, 1, 8, dtype=torch.float64),
+                     torch.ones(3, 1, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64),
+                     mask, torch.ones(4, dtype=torch.float64))
+    want = c / 2 * math.log(2 * math.pi)
+    assert (got - want).abs().max() < 1e-10, (
+        f"at the mean with std 1 and c = 2, 6, 8 visible dims: got {got.tolist()}, expected c/2 log(2 pi) = "
+        f"{want.tolist()}; c counts the visible dims only")
+
+
+def test_mdn_nll_divides_residuals_by_sigma_times_kpt_scale():
+    # A residual of one std, sigma[axis] * k_j, on every dim: the squared term of Eq. (4) adds 1/2 per dim
+    k = torch.tensor([0.5, 2.0, 4.0], dtype=torch.float64)
+    sigma = torch.tensor([[[1.5, 3.0]]], dtype=torch.float64)          # (N=1, M=1, 2)
+    std = torch.tensor([[0.75, 1.5, 3.0, 6.0, 6.0, 12.0]], dtype=torch.float64)  # x0 y0 x1 y1 x2 y2
+    mu, log_alpha = torch.zeros(1, 1, 6, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    rise = md.mdn_nll(std, mu, sigma, log_alpha, kpt_scale=k) - md.mdn_nll(0 * std, mu, sigma, log_alpha, kpt_scale=k)
+    assert abs(rise.item() - 3.0) < 1e-10, (
+        f"moving the target one std (sigma_axis * k_j) from mu on each of 6 dims raised the NLL by {rise.item():.6g}, "
+        "expected 6 / 2 = 3: divide each residual by sigma times its joint's k_j")
 
 
 def test_mdn_nll_keeps_log_kpt_scale_term():
@@ -60,7 +146,28 @@ def test_mdn_nll_keeps_log_kpt_scale_term():
     target, mu, sigma, log_alpha, _, k = random_mixture(N=1, M=1, K=3)
     mu = target[:, None, :].clone()
     diff = md.mdn_nll(target, mu, sigma, log_alpha, kpt_scale=k) - md.mdn_nll(target, mu, sigma, log_alpha, kpt_scale=k / 2)
-    assert torch.allclose(diff, torch.tensor([6 * math.log(2)], dtype=torch.float64))
+    assert torch.allclose(diff, torch.tensor([6 * math.log(2)], dtype=torch.float64)), (
+        f"halving every k_j lowered the NLL at the mean by {diff.item():.6g}, expected 6 log 2 = {6 * math.log(2):.6g}: "
+        "the std is sigma * k_j in the log-normaliser too (the -sum log k_j term of Eq. 4)")
+
+
+def test_mdn_nll_combines_components_with_log_sum_exp():
+    # M identical components are one Gaussian whatever the alphas: Eq. (5) is
+    # -log sum_m alpha_m phi_m, i.e. -logsumexp(log_alpha + log_phi), not a mean over m
+    target, mu, sigma, _, _, _ = random_mixture(N=4, M=1, K=1)
+    one = md.mdn_nll(target, mu, sigma, torch.zeros(4, 1, dtype=torch.float64))
+    log_alpha = torch.log(torch.tensor([[0.7, 0.2, 0.1]], dtype=torch.float64)).repeat(4, 1)
+    three = md.mdn_nll(target, mu.repeat(1, 3, 1), sigma.repeat(1, 3, 1), log_alpha)
+    assert (three - one).abs().max() < 1e-10, (
+        f"three copies of one Gaussian with alphas 0.7, 0.2, 0.1 gave {three.tolist()}, one Gaussian {one.tolist()}: "
+        "combine components with logsumexp(log_alpha + log_phi)")
+
+
+def test_mdn_nll_single_component_is_a_gaussian_nll():
+    target, mu, sigma, _, _, _ = random_mixture(M=1, K=1)
+    ours = md.mdn_nll(target, mu, sigma, torch.zeros(len(target), 1, dtype=torch.float64))
+    ref = -Normal(mu[:, 0], sigma[:, 0]).log_prob(target).sum(-1)
+    assert (ours - ref).abs().max() < 1e-10, f"one component: {ours.tolist()} vs the Gaussian NLL {ref.tolist()}"
 
 
 def test_mdn_nll_gradcheck():
@@ -69,48 +176,35 @@ def test_mdn_nll_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b, c: md.mdn_nll(target, a, b, c, mask, k), (mu, sigma, log_alpha))
 
 
-def test_single_component_is_a_gaussian_nll():
-    target, mu, sigma, _, _, _ = random_mixture(M=1, K=1)
-    ours = md.mdn_nll(target, mu, sigma, torch.zeros(len(target), 1, dtype=torch.float64))
-    ref = -Normal(mu[:, 0], sigma[:, 0]).log_prob(target).sum(-1)
-    assert (ours - ref).abs().max() < 1e-10
+@pytest.mark.parametrize("autocast", [False, True])
+def test_mdn_nll_is_finite_for_extreme_inputs(autocast):
+    """Residuals of 1e4 output pixels at sigma = 1e-4 (the clamp of sigma_activation), alphas
+    of 1 and 0, an all-masked instance, under bf16 autocast: the value and the gradients
+    stay finite (log-sum-exp, float32). sigma is built directly: mdn_nll alone is tested."""
+    N, M, K = 5, 3, 17
+    logits = torch.tensor([1e4, -1e4, 0.0]).repeat(N, 1).requires_grad_()
+    sigma = torch.tensor([1e-4, 1e3]).repeat(N, M, 1).requires_grad_()
+    mu = torch.zeros(N, M, 2 * K, requires_grad=True)
+    target = torch.full((N, 2 * K), 1e4)
+    mask = torch.ones(N, 2 * K)
+    mask[1] = 0  # an all-masked instance
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        nll = md.mdn_nll(target, mu, sigma, F.log_softmax(logits.float(), dim=1), mask, md.COCO_KPT_SCALE)
+        loss = nll.sum()
+    assert nll.dtype == torch.float32, f"autocast={autocast}: the NLL is {nll.dtype}, compute it in float32"
+    assert torch.isfinite(nll).all(), f"autocast={autocast}: NLL {nll.tolist()}; use log-sum-exp, not log(sum(exp))"
+    loss.backward()
+    for name, t in (("logits", logits), ("sigma", sigma), ("mu", mu)):
+        assert torch.isfinite(t.grad).all(), f"autocast={autocast}: the gradient for {name} is not finite"
 
 
-def test_kpt_scale_wrong_length_is_a_clear_error():
+def test_mdn_nll_kpt_scale_wrong_length_is_a_clear_error():
     target, mu, sigma, log_alpha, mask, _ = random_mixture(K=4)
     with pytest.raises(ValueError, match="kpt_scale has 3 entries, expected D/2 = 4"):
         md.mdn_nll(target, mu, sigma, log_alpha, mask, torch.ones(3))
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_mixture_loss_is_finite_for_extreme_inputs(autocast):
-    N, M, K = 5, 3, 17
-    logits = torch.tensor([1e4, -1e4, 0.0]).repeat(N, 1).requires_grad_()
-    raw_sigma = torch.tensor([1e3, -1e3]).repeat(N, M, 1).requires_grad_()
-    mu = torch.zeros(N, M, 2 * K, requires_grad=True)
-    target = torch.full((N, 2 * K), 1e4)  # residuals of 1e4 output pixels
-    mask = torch.ones(N, 2 * K)
-    mask[1] = 0  # an all-masked instance
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        sigma = md.sigma_activation(raw_sigma, floor=0.0)  # the worst floor: sigma can reach ~0
-        nll = md.mdn_nll(target, mu, sigma, md.log_mixing_coefficients(logits), mask, md.COCO_KPT_SCALE)
-        loss = nll.sum()
-    assert nll.dtype == torch.float32 and torch.isfinite(nll).all()
-    loss.backward()
-    for t in (logits, raw_sigma, mu):
-        assert torch.isfinite(t.grad).all()
-
-
-def test_sigma_activation_stays_above_floor():
-    for floor in (1.0, 9.0):
-        assert (md.sigma_activation(torch.linspace(-8, 1e3, 1001), floor) > floor).all()
-        # float32 saturation: ELU(-1e3) + 1 is exactly 0, so sigma reaches the floor itself
-        assert (md.sigma_activation(torch.tensor([-1e3, -1e4]), floor) >= floor).all()
-        assert torch.allclose(md.sigma_activation(torch.zeros(1), floor), torch.tensor([1.0 + floor]))
-    with pytest.raises(ValueError):
-        md.sigma_activation(torch.zeros(1), -1.0)
-
-
+# ----------------------------------------------------------------------------- losses, heads, decoding
 def slow_focal(logits, gt):
     pos_sum, neg_sum, n_pos = 0.0, 0.0, 0
     for idx in torch.cartesian_prod(*[torch.arange(s) for s in logits.shape]):
