@@ -1,0 +1,145 @@
+"""The notebooks' helper: what notebooks 02-05 would otherwise each write again.
+
+  train_run      train a run with train.main (what `python train.py ...` runs), or reuse a
+                 finished one trained with the settings the command resolves to now;
+                 a run trained with other settings is moved aside, an unfinished one resumed
+  read_log       a run's log.jsonl, one dict per epoch
+  evaluate_run   a checkpoint on the validation split its run used: one COCOeval per
+                 component rule (the "Comp." rows of Tables 1 and 3)
+  run_dataset    a split of a run's data as evaluation reads it
+  annotations    the annotations a CocoDataset renders for an image (pycocotools' public API)
+  skeleton_lines COCO's skeleton edges of one person, for drawing
+
+Plain Python on the project's modules: no IPython and no plotting here, so the notebooks
+keep their display code and this file can be tested like any other.
+"""
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import train
+from coco_data import CocoDataset
+from evaluate import Inference, component_rules, evaluate_rows, network_forward, predict
+from model import load_model, read_checkpoint
+from synthetic_coco import COCO_SKELETON
+
+SKELETON = [(a - 1, b - 1) for a, b in COCO_SKELETON]  # COCO's skeleton is 1-based
+# Not settings of a run: train.py reads the model's classes and joints from the data, and
+# the folder is wherever the run now lies.
+NOT_SETTINGS = ("model.num_classes", "model.num_joints", "train.out")
+
+
+# ----------------------------------------------------------------------------- data
+def annotations(ds, image_id):
+    """The non-crowd annotations of ds's categories on image_id, in file order: the objects
+    whose targets the dataset renders (target slot i is annotation i)."""
+    return ds.coco.loadAnns(ds.coco.getAnnIds(imgIds=[image_id], catIds=ds.cat_ids, iscrowd=0))
+
+
+def skeleton_lines(keypoints, skeleton=SKELETON):
+    """[(xs, ys)] per skeleton edge whose two joints are annotated (v > 0): the segments to
+    draw with ax.plot(xs, ys). keypoints: COCO's flat [x, y, v] * K or (K, 3)."""
+    kps = np.asarray(keypoints, float).reshape(-1, 3)
+    return [(kps[[a, b], 0], kps[[a, b], 1]) for a, b in skeleton if kps[a, 2] > 0 and kps[b, 2] > 0]
+
+
+def train_config(state):
+    """The TrainConfig stored in a checkpoint (fields added since at their defaults)."""
+    known = {f.name for f in dataclasses.fields(train.TrainConfig)}
+    return train.TrainConfig(**{k: v for k, v in state["train_config"].items() if k in known})
+
+
+def run_dataset(cfg, task, split="val"):
+    """The run's training or validation split (TrainConfig cfg) with the deterministic
+    evaluation transform, cut to cfg.max_images as training cut it."""
+    ann, images = (cfg.ann, cfg.images) if split == "train" else (cfg.val_ann, cfg.val_images)
+    ds = CocoDataset(ann, images, task, train=False, input_size=cfg.input_size)
+    if cfg.max_images:
+        ds.image_ids = ds.image_ids[:cfg.max_images]
+    return ds
+
+
+# ----------------------------------------------------------------------------- runs
+def changed_settings(state, argv):
+    """{"model.<field>" / "train.<field>": (stored, now)} for every setting in which the
+    checkpoint state differs from what train.py would resolve argv to now."""
+    model_cfg, cfg = train.config_from_args(train.parse_args(list(argv)))
+    changed = {}
+    for part, now, key in (("model", model_cfg, "model_config"), ("train", cfg, "train_config")):
+        wanted = dataclasses.asdict(now)
+        stored = {**dataclasses.asdict(type(now)()), **state.get(key, {})}  # fields added since: defaults
+        for name in sorted(set(wanted) | set(stored)):
+            if f"{part}.{name}" not in NOT_SETTINGS and stored.get(name) != wanted.get(name):
+                changed[f"{part}.{name}"] = (stored.get(name), wanted.get(name))
+    return changed
+
+
+def train_run(runs, task, m, args=(), fresh=False):
+    """Train runs/<task>_m<m> with train.main(["--task", task, "--m", m, "--out", ..., *args])
+    unless a finished run with exactly these settings is there; returns its ckpt.pt.
+
+    A checkpoint trained with other settings (or unreadable by this code) is moved to
+    <task>_m<m>_stale; an unfinished one is continued with --resume. fresh=True deletes
+    the folder first (smoke runs)."""
+    out = Path(runs) / f"{task}_m{m}"
+    argv = ["--task", task, "--m", str(m), "--out", str(out), *map(str, args)]
+    ckpt = out / "ckpt.pt"
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    if ckpt.exists():
+        try:
+            state = read_checkpoint(ckpt)
+            why = changed_settings(state, argv)
+            why = why and f"was trained with other settings (stored, now): {why}"
+        except ValueError as e:
+            state, why = None, f"cannot be continued ({e})"
+        if why:
+            stale = out.with_name(out.name + "_stale")
+            shutil.rmtree(stale, ignore_errors=True)
+            out.rename(stale)
+            print(f"{out} {why}; moved it to {stale}")
+        elif state["epoch"] + 1 >= state["train_config"]["epochs"]:
+            print(f"reusing the finished run {out} ({state['epoch'] + 1} epochs); delete it to train again")
+            return ckpt
+        else:
+            argv.append("--resume")
+    print("python train.py " + " ".join(argv))
+    t0 = time.perf_counter()
+    train.main(argv)
+    print(f"trained in {time.perf_counter() - t0:.0f} s")
+    return ckpt
+
+
+def read_log(run):
+    """log.jsonl of a run (its folder or its ckpt.pt): one dict per epoch."""
+    run = Path(run)
+    folder = run.parent if run.suffix == ".pt" else run
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def evaluate_run(ckpt, rows=None, extra_rules=(), flip=False, refine=False, batch_size=16):
+    """A checkpoint on its run's validation split, on the CPU: one inference pass decodes
+    every rule, then COCOeval per row. rows {name: rule} default to
+    evaluate.component_rules(m) ("All" = max component, then each component forced);
+    extra_rules add rows named by the rule (e.g. "mean").
+
+    Returns dict(model (eval mode), cfg (its ModelConfig), train (TrainConfig), ds,
+    results {rule: result dicts}, stats {row: COCOeval stats}, seconds)."""
+    net, state = load_model(ckpt, torch.device("cpu"))
+    cfg = train_config(state)
+    ds = run_dataset(cfg, net.cfg.task, "val")
+    rows = dict(rows or component_rules(net.cfg.m), **{str(r): r for r in extra_rules})
+    inference = Inference(rules=tuple(dict.fromkeys(rows.values())), flip=flip, flip_idx=ds.flip_idx,
+                          refine=refine)
+    t0 = time.perf_counter()
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size)
+    results = predict(network_forward(net, torch.device("cpu"), inference), loader, ds.cat_ids, inference,
+                      progress=False)
+    stats = evaluate_rows(ds.coco, results, rows, net.cfg.task, ds.image_ids)
+    return dict(model=net, cfg=net.cfg, train=cfg, ds=ds, results=results, stats=stats,
+                seconds=time.perf_counter() - t0)

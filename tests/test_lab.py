@@ -1,0 +1,138 @@
+"""lab.py, the notebooks' helper, on a tiny synthetic set (16 images, 1 epoch at 64 px):
+a finished run is reused, a changed setting or an unreadable checkpoint moves it aside, an
+unfinished one is resumed, evaluation rows are the Table 1 layout, annotations skip crowds."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import lab
+import train
+from coco_data import CocoDataset
+from synthetic_coco import make_dataset
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("synthetic"), "det", "train", 16)
+
+
+def args_for(data, *extra, epochs=1):
+    ann, images = data
+    return ["--ann", ann, "--images", images, "--arch", "small_dla", "--batch-size", "8",
+            "--input-size", "64", "--epochs", str(epochs), "--lr-steps", *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(shapes, tmp_path_factory):
+    """A finished MDN_3 detection run: (runs folder, its ckpt.pt)."""
+    runs = tmp_path_factory.mktemp("runs")
+    ckpt = lab.train_run(runs, "det", 3, args_for(shapes))
+    return runs, ckpt
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Replace train.main by a recorder: lab.train_run's decision, without training."""
+    calls = []
+    monkeypatch.setattr(train, "main", lambda argv: calls.append(list(argv)))
+    return calls
+
+
+def copy_run(finished, tmp_path):
+    runs, ckpt = finished
+    shutil.copytree(ckpt.parent, tmp_path / ckpt.parent.name)
+    return tmp_path, tmp_path / ckpt.parent.name / "ckpt.pt"
+
+
+def test_train_run_trains_then_reuses(finished, shapes, spy):
+    runs, ckpt = finished
+    assert ckpt == runs / "det_m3" / "ckpt.pt" and ckpt.is_file()
+    assert len(lab.read_log(ckpt)) == 1 == len(lab.read_log(ckpt.parent))
+    assert "AP" in lab.read_log(ckpt)[0]
+    before = ckpt.stat().st_mtime_ns
+    assert lab.train_run(runs, "det", 3, args_for(shapes)) == ckpt
+    assert spy == [] and ckpt.stat().st_mtime_ns == before  # reused, not retrained
+
+
+def test_changed_setting_moves_the_run_aside(finished, shapes, spy, tmp_path, capsys):
+    runs, ckpt = copy_run(finished, tmp_path)
+    state = torch.load(ckpt, weights_only=True)
+    assert lab.changed_settings(state, ["--task", "det", "--m", "3", "--out", str(ckpt.parent),
+                                        *args_for(shapes)]) == {}
+    lab.train_run(runs, "det", 3, args_for(shapes, "--lr", "1e-3"))
+    assert "train.lr" in capsys.readouterr().out
+    assert (runs / "det_m3_stale" / "ckpt.pt").is_file() and not ckpt.exists()
+    assert len(spy) == 1 and "--resume" not in spy[0] and spy[0][spy[0].index("--lr") + 1] == "1e-3"
+
+
+def test_model_setting_and_data_fields(finished, shapes):
+    state = torch.load(finished[1], weights_only=True)
+    argv = ["--task", "det", "--m", "3", "--out", str(finished[1].parent), *args_for(shapes)]
+    assert state["model_config"]["num_classes"] == 5  # read from the data: not a setting
+    assert lab.changed_settings(state, argv + ["--sigma-floor", "2"]) == {"model.sigma_floor": (1.0, 2.0)}
+    assert set(lab.changed_settings(state, [a if a != "3" else "2" for a in argv])) == {"model.m"}
+
+
+def test_unreadable_checkpoint_moves_the_run_aside(finished, shapes, spy, tmp_path):
+    runs, ckpt = copy_run(finished, tmp_path)
+    ckpt.write_bytes(b"not a checkpoint")
+    lab.train_run(runs, "det", 3, args_for(shapes))
+    assert (runs / "det_m3_stale").is_dir() and len(spy) == 1 and "--resume" not in spy[0]
+
+
+def test_unfinished_run_is_resumed(finished, shapes, spy, tmp_path):
+    runs, ckpt = copy_run(finished, tmp_path)
+    state = torch.load(ckpt, weights_only=True)
+    state["train_config"]["epochs"] = 2          # as if stopped after epoch 1 of 2
+    torch.save(state, ckpt)
+    lab.train_run(runs, "det", 3, args_for(shapes, epochs=2))
+    assert len(spy) == 1 and spy[0][-1] == "--resume" and not (runs / "det_m3_stale").exists()
+
+
+def test_fresh_deletes_the_run_first(finished, shapes, spy, tmp_path):
+    runs, ckpt = copy_run(finished, tmp_path)
+    lab.train_run(runs, "det", 3, args_for(shapes), fresh=True)
+    assert not ckpt.parent.exists() and len(spy) == 1 and "--resume" not in spy[0]
+
+
+def test_evaluate_run_rows(finished, shapes):
+    run = lab.evaluate_run(finished[1], extra_rules=("mean",))
+    assert list(run["stats"]) == ["All", "1", "2", "3", "mean"]
+    assert set(run["results"]) == {"max", 0, 1, 2, "mean"}
+    assert all(len(s) == 12 for s in run["stats"].values())
+    assert run["cfg"].m == 3 and run["train"].input_size == 64 and len(run["ds"]) == 16
+    assert not run["model"].training
+    # train.py evaluated the same model on the same split at its end
+    assert run["stats"]["All"][0] == pytest.approx(lab.read_log(finished[1])[-1]["AP"])
+    assert {r["component"] for r in run["results"][1]} <= {1}
+    only = lab.evaluate_run(finished[1], rows={"All": "max"}, flip=True)
+    assert list(only["stats"]) == ["All"] and list(only["results"]) == ["max"]
+
+
+def test_annotations_skip_crowds_and_other_categories(shapes, tmp_path):
+    data = json.loads(open(shapes[0]).read())
+    first = data["images"][0]["id"]
+    mine = [a for a in data["annotations"] if a["image_id"] == first]
+    assert len(mine) >= 2
+    mine[0]["iscrowd"] = 1
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    ds = CocoDataset(str(ann), shapes[1], "det")
+    assert [a["id"] for a in lab.annotations(ds, first)] == [a["id"] for a in mine[1:]]
+    assert lab.annotations(ds, 10 ** 6) == []
+    # the run's split, as training cut it
+    cfg = train.TrainConfig(ann=str(ann), images=shapes[1], val_ann=str(ann), val_images=shapes[1],
+                            input_size=64, max_images=3)
+    assert lab.run_dataset(cfg, "det").image_ids == ds.image_ids[:3]
+
+
+def test_skeleton_lines_only_annotated_edges():
+    kps = np.zeros((17, 3))
+    kps[[5, 7, 9], :] = [[1, 2, 2], [3, 4, 1], [5, 6, 2]]   # left shoulder, elbow, wrist
+    lines = lab.skeleton_lines(kps.ravel())
+    assert [(xs.tolist(), ys.tolist()) for xs, ys in lines] == [([1, 3], [2, 4]), ([3, 5], [4, 6])]
+    assert (5, 7) in lab.SKELETON and (7, 9) in lab.SKELETON and len(lab.SKELETON) == 19
+    assert lab.skeleton_lines(np.zeros(51)) == []
