@@ -127,3 +127,25 @@ def examples(results, coco_gt, task, img_ids, load_image, path, num=4, keypoint_
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     fig.savefig(path, dpi=100)
     return path
+
+
+def plot_history(history, path, title=""):
+    """Loss parts and AP per epoch (the paper's Fig. 4 is drawn from such logs). Draws on
+    a bare Figure, so it neither needs pyplot nor changes a notebook's backend."""
+    fig = Figure(figsize=(10, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
+    epochs = [h["epoch"] + 1 for h in history]
+    for key in [k for k in history[-1] if k not in ("epoch", "lr", "time") and not k.startswith("AP")]:
+        ax1.plot(epochs, [h.get(key, float("nan")) for h in history], label=key)
+    ax1.set(xlabel="epoch", ylabel="loss", title=title)
+    ax1.legend(fontsize=7)
+    ap = [(h["epoch"] + 1, h["AP"]) for h in history if "AP" in h]
+    if ap:
+        ax2.plot(*zip(*ap), "o-", label="All")
+    ref = [(h["epoch"] + 1, h["AP_refined"]) for h in history if "AP_refined" in h]
+    if ref:
+        ax2.plot(*zip(*ref), "s--", label="All, refined (hm_hp)")
+    ax2.set(xlabel="epoch", ylabel="COCO AP", ylim=(0, 1))
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -1,5 +1,6 @@
 """A training run's folder: one run per folder (a lock), checkpoints that are good when
-they are written, and a log that always agrees with the checkpoint.
+they are written, a log that always agrees with the checkpoint, and starting a run from a
+checkpoint (--resume, --init).
 
     runs/pose_m3/ckpt.pt       model config + weights + optimiser + history (model.save_checkpoint)
     runs/pose_m3/log.jsonl     one JSON line per finished epoch, rewritten from the history
@@ -10,6 +11,7 @@ wrong: a checkpoint is written only when every weight and optimiser value is fin
 temporary file renamed over the old one (a crash or a full disk leaves the last good file),
 and the log is the checkpoint's own history, so a kill between the two cannot duplicate an epoch.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from model import save_checkpoint
+from model import read_checkpoint, save_checkpoint
 
 
 def next_run_folder(base, resume=False):
@@ -132,3 +134,37 @@ def write_log(folder, history):
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- starting from a checkpoint
+def resume_state(path, model_cfg):
+    """The checkpoint to continue, checked against the model this command would build."""
+    try:
+        state = read_checkpoint(path)
+    except FileNotFoundError:
+        raise SystemExit(f"--resume: no checkpoint at {path}") from None
+    except ValueError as e:
+        raise SystemExit(f"--resume: {e}") from None
+    stored = state["model_config"]
+    differ = [f"{k} {stored.get(k)!r} (checkpoint) vs {v!r}" for k, v in dataclasses.asdict(model_cfg).items()
+              if stored.get(k) != v]
+    if differ:
+        raise SystemExit(f"--resume {path}: the checkpoint is another model: {'; '.join(differ)}")
+    return state
+
+
+def init_from(model, path):
+    """Start from another run's weights (CenterNet's --load_model): every tensor whose name
+    and shape match is copied; the others (e.g. the mixture heads when the run was the
+    base) keep their fresh initialisation. Returns (copied, skipped) names; raises if
+    nothing matches."""
+    try:
+        source = read_checkpoint(path)["model"]
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"--init: {e}") from None
+    own = model.state_dict()
+    copied = [k for k, v in source.items() if k in own and own[k].shape == v.shape]
+    if not copied:
+        raise SystemExit(f"--init {path}: no tensor matches this model (another architecture?)")
+    model.load_state_dict({k: source[k] for k in copied}, strict=False)
+    return copied, [k for k in own if k not in copied]

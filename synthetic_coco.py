@@ -95,7 +95,8 @@ FIGURES_DEFAULTS = dict(
 )
 DEFAULTS = {"shapes": SHAPES_DEFAULTS, "figures": FIGURES_DEFAULTS}
 TASK_ALIASES = {"det": "shapes", "detection": "shapes", "pose": "figures"}
-DEMO_NUM_IMAGES = {"train": 2000, "val": 250}
+DEMO_NUM_IMAGES = {"train": 2000, "val": 250, "test": 250}
+DEMO_SEEDS = {"train": 0, "val": 0, "test": 1}  # the test split: another seed, never used for tuning
 JPEG_QUALITY = 95  # fixed quality and no chroma subsampling: deterministic and keeps limb colours crisp
 
 # hue ranges (0..1) of the colour families; they must not overlap for the cues to be readable
@@ -445,6 +446,7 @@ def make_dataset(root, task, split, num_images, image_size=128, seed=0, **params
 
 
 def ensure_demo_dataset(task, root="data/synthetic"):
-    """The default demo dataset: {"train": (ann_file, image_dir), "val": (ann_file, image_dir)},
-    2000 train and 250 val images of 128x128 with default parameters, seed 0."""
-    return {split: make_dataset(root, task, split, n) for split, n in DEMO_NUM_IMAGES.items()}
+    """The default demo dataset: {"train" | "val" | "test": (ann_file, image_dir)}: 2000 train
+    and 250 val images of 128x128 with default parameters and seed 0 (tune on val), and 250
+    test images with seed 1 (report on test)."""
+    return {split: make_dataset(root, task, split, n, seed=DEMO_SEEDS[split]) for split, n in DEMO_NUM_IMAGES.items()}

@@ -32,7 +32,8 @@ from evaluate import Inference, component_rules, evaluate_rows, format_table, ne
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
 import precision as px
 from recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
-from rundir import RunLock, next_run_folder, save_run
+from plots import plot_history
+from rundir import RunLock, init_from, next_run_folder, resume_state, save_run
 
 @dataclass
 class TrainConfig:
@@ -41,6 +42,8 @@ class TrainConfig:
     images: str = ""
     val_ann: str = ""
     val_images: str = ""
+    test_ann: str = ""              # held out: evaluated once at the end, never for tuning
+    test_images: str = ""
     input_size: int = 128
     batch_size: int = 32
     lr: float = 2.5e-3
@@ -62,23 +65,6 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- pieces
-def init_from(model, path):
-    """Start from another run's weights (CenterNet's --load_model): every tensor whose name
-    and shape match is copied; the others (e.g. the mixture heads when the run was the
-    base) keep their fresh initialisation. Returns (copied, skipped) names; raises if
-    nothing matches."""
-    try:
-        source = read_checkpoint(path)["model"]
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"--init: {e}") from None
-    own = model.state_dict()
-    copied = [k for k, v in source.items() if k in own and own[k].shape == v.shape]
-    if not copied:
-        raise SystemExit(f"--init {path}: no tensor matches this model (another architecture?)")
-    model.load_state_dict({k: source[k] for k in copied}, strict=False)
-    return copied, [k for k in own if k not in copied]
-
-
 def setup_distributed():
     """torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; plain python runs one process."""
     if "RANK" not in os.environ:
@@ -90,6 +76,14 @@ def setup_distributed():
     if cuda:
         torch.cuda.set_device(device)
     return rank, world, device
+
+
+def test_dataset(cfg, task):
+    """The held-out split (None without one): built like the validation split."""
+    if not cfg.test_ann:
+        return None
+    return CocoDataset(cfg.test_ann, cfg.test_images, task, train=False, input_size=cfg.input_size,
+                       oks_sigmas=cfg.oks_sigmas)
 
 
 def datasets(cfg, task):
@@ -106,29 +100,6 @@ def datasets(cfg, task):
         train.image_ids = train.image_ids[:cfg.max_images]
         val.image_ids = val.image_ids[:cfg.max_images]
     return train, val
-
-
-def plot_history(history, path, title=""):
-    """Loss parts and AP per epoch (the paper's Fig. 4 is drawn from such logs). Draws on
-    a bare Figure, so it neither needs pyplot nor changes a notebook's backend."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(10, 3.5))
-    ax1, ax2 = fig.subplots(1, 2)
-    epochs = [h["epoch"] + 1 for h in history]
-    for key in [k for k in history[-1] if k not in ("epoch", "lr", "time", "AP", "AP_refined", "AP_components")]:
-        ax1.plot(epochs, [h.get(key, float("nan")) for h in history], label=key)
-    ax1.set(xlabel="epoch", ylabel="loss", title=title)
-    ax1.legend(fontsize=7)
-    ap = [(h["epoch"] + 1, h["AP"]) for h in history if "AP" in h]
-    if ap:
-        ax2.plot(*zip(*ap), "o-", label="All")
-    ref = [(h["epoch"] + 1, h["AP_refined"]) for h in history if "AP_refined" in h]
-    if ref:
-        ax2.plot(*zip(*ref), "s--", label="All, refined (hm_hp)")
-    ax2.set(xlabel="epoch", ylabel="COCO AP", ylim=(0, 1))
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -164,22 +135,6 @@ def evaluate_model(model, val, cfg, rank, world, device, progress):
 
 
 # ----------------------------------------------------------------------------- training
-def resume_state(path, model_cfg):
-    """The checkpoint to continue, checked against the model this command would build."""
-    try:
-        state = read_checkpoint(path)
-    except FileNotFoundError:
-        raise SystemExit(f"--resume: no checkpoint at {path}") from None
-    except ValueError as e:
-        raise SystemExit(f"--resume: {e}") from None
-    stored = state["model_config"]
-    differ = [f"{k} {stored.get(k)!r} (checkpoint) vs {v!r}" for k, v in dataclasses.asdict(model_cfg).items()
-              if stored.get(k) != v]
-    if differ:
-        raise SystemExit(f"--resume {path}: the checkpoint is another model: {'; '.join(differ)}")
-    return state
-
-
 def train(model_cfg, cfg, resume=False):
     """Train the model of model_cfg (num_classes / num_joints are read from the data) as cfg
     says. Returns (the final evaluation's stats on rank 0 or None, the history)."""
@@ -292,11 +247,21 @@ def _train(model_cfg, cfg, resume, rank, world, device):
         if rank == 0:
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {line['total']:.4f}  "
                   f"lr {line['lr']:.2e}  {line['time']:.0f}s" + (f"  AP {line['AP']:.3f}" if "AP" in line else ""))
+    test_stats = None
+    test_set = test_dataset(cfg, model_cfg.task)
+    if test_set is not None and start_epoch < cfg.epochs:
+        test_stats = evaluate_model(model, test_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
+        if rank == 0:
+            history[-1]["AP_test"] = float(test_stats["All"][0])
+            if "All+ref" in test_stats:
+                history[-1]["AP_test_refined"] = float(test_stats["All+ref"][0])
+            history[-1]["AP_test_components"] = {k: float(v[0]) for k, v in test_stats.items() if not k.startswith("All")}
+            save_run(out, model, optimizer, cfg.epochs - 1, dataclasses.asdict(cfg), history, last_good)
     if rank == 0 and history:
         plot_history(history, out / "curves.png", title=f"{model_cfg.task} M={model_cfg.m} {model_cfg.arch}")
     if world > 1:
         dist.destroy_process_group()
-    return stats, history
+    return stats, history, test_stats
 
 
 # ----------------------------------------------------------------------------- command line
@@ -339,6 +304,9 @@ def parse_args(argv=None):
     d.add_argument("--images", help="image folder of --ann")
     d.add_argument("--val-ann", help="validation annotation JSON (default: --ann; needs --ann)")
     d.add_argument("--val-images", help="image folder of --val-ann (default: --images; needs --ann)")
+    d.add_argument("--test-ann", help="a held-out annotation JSON evaluated once at the end (with --test-images; "
+                                      "the synthetic demo set has its own test split)")
+    d.add_argument("--test-images", help="image folder of --test-ann")
     d.add_argument("--oks-sigmas", type=positive(float), nargs="+", metavar="S",
                    help="pose: one OKS sigma per joint (pycocotools' convention, COCO's nose is 0.026) for "
                         "keypoint sets other than COCO's 17 whose category has no 'sigmas' list")
@@ -402,11 +370,16 @@ def config_from_args(args):
         raise SystemExit("--sigma-floor is for the mixture (--m >= 1); the --m 0 base predicts no sigma")
     if (args.val_ann or args.val_images) and not args.ann:
         raise SystemExit("--val-ann / --val-images need --ann (with --data the val2017 split is used)")
+    if (args.test_ann is None) != (args.test_images is None):
+        raise SystemExit("--test-ann and --test-images go together")
     ann, images = dataset_paths(args.task, "train", args.data, args.ann, args.images)
     if args.ann:
         val_ann, val_images = args.val_ann or ann, args.val_images or images
+        test_ann, test_images = args.test_ann or "", args.test_images or ""
     else:
         val_ann, val_images = dataset_paths(args.task, "val", args.data)
+        # the synthetic demo's held-out test split (another seed); COCO has none with labels
+        test_ann, test_images = ("", "") if args.data else dataset_paths(args.task, "test")
     arch = args.arch or ("hourglass104" if real else "small_dla")
     preset = PRESETS[arch]
     epochs, lr_steps = schedule(arch, args.schedule, args.epochs, args.lr_steps)
@@ -420,6 +393,7 @@ def config_from_args(args):
                             sigma_floor=args.sigma_floor if args.sigma_floor is not None
                             else default_sigma_floor(args.task, arch))
     cfg = TrainConfig(ann=str(ann), images=str(images), val_ann=str(val_ann), val_images=str(val_images),
+                      test_ann=str(test_ann), test_images=str(test_images),
                       input_size=pick(args.input_size, "input_size"), batch_size=pick(args.batch_size, "batch_size"),
                       lr=pick(args.lr, "lr"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
                       lr_schedule=args.lr_schedule or preset.get("lr_schedule", "step"),
@@ -441,10 +415,14 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     model_cfg, cfg = config_from_args(args)
     t0 = time.perf_counter()
-    stats, _ = train(model_cfg, cfg, resume=args.resume)
+    stats, _, test_stats = train(model_cfg, cfg, resume=args.resume)
+    what = f"{model_cfg.task}, M = {model_cfg.m}, {model_cfg.arch}: COCO AP on the"
     if stats is not None:
-        print(format_table(stats, model_cfg.task, f"{model_cfg.task}, M = {model_cfg.m}, {model_cfg.arch}: COCO AP "
-                                                  f"on the validation split ({time.perf_counter() - t0:.0f} s in all)"))
+        print(format_table(stats, model_cfg.task, f"{what} validation split {cfg.val_ann}"))
+    if test_stats is not None:
+        print(format_table(test_stats, model_cfg.task, f"{what} held-out test split {cfg.test_ann}"))
+    if stats is not None:
+        print(f"{time.perf_counter() - t0:.0f} s in all")
     return stats
 
 

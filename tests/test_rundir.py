@@ -151,14 +151,14 @@ def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys)
 ])
 def test_flag_combinations_are_checked(extra, message, tiny, monkeypatch):
     import synthetic_coco
-    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny, "val": tiny})
+    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny, "val": tiny, "test": tiny})
     with pytest.raises(SystemExit, match=message.replace("(", r"\(")):
         train.config_from_args(train.parse_args(extra))
 
 
 def test_lr_steps_follow_the_epochs(tiny, monkeypatch):
     import synthetic_coco
-    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny, "val": tiny})
+    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny, "val": tiny, "test": tiny})
     cfg = lambda *a: train.config_from_args(train.parse_args(list(a)))[1]
     assert cfg().lr_steps == [15] and cfg("--epochs", "4").lr_steps == [3]
     assert cfg("--epochs", "4", "--lr-steps").lr_steps == [] and cfg("--lr-steps", "2", "5").lr_steps == [2, 5]

@@ -13,6 +13,7 @@ import torch
 import coco_data as cd
 import evaluate
 import mdn_dense as md
+import rundir
 import train
 from model import ModelConfig, build_model
 from synthetic_coco import make_dataset
@@ -70,7 +71,7 @@ def test_flip_is_off_by_default_only_on_the_synthetic_figures(tiny_pose, monkeyp
     """The synthetic figures colour-code their sides, so their mirror image is not a figure
     the generator draws: flip defaults to 0 there, to CenterNet's 0.5 everywhere else."""
     import synthetic_coco
-    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny_pose, "val": tiny_pose})
+    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny_pose, "val": tiny_pose, "test": tiny_pose})
     cfg = lambda *argv: train.config_from_args(train.parse_args(list(argv)))[1]
     assert cfg("--task", "pose").flip_prob == 0.0
     assert cfg("--task", "det").flip_prob == 0.5
@@ -163,7 +164,7 @@ def test_init_from_a_base_run_copies_the_shared_weights(tiny_pose, tmp_path, cap
     base = torch.load(tmp_path / "base" / "ckpt.pt", weights_only=True)["model"]
     model = build_model(ModelConfig(task="pose", m=2))
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    copied, skipped = train.init_from(model, tmp_path / "base" / "ckpt.pt")
+    copied, skipped = rundir.init_from(model, tmp_path / "base" / "ckpt.pt")
     own = model.state_dict()
     assert copied and all(torch.equal(own[k], base[k]) for k in copied)
     # the mixture heads and the 2x wider hps output layer cannot come from the base
@@ -178,12 +179,12 @@ def test_init_from_an_unrelated_file_fails_clearly(tmp_path):
     model = build_model(ModelConfig(task="pose", m=2))
     torch.save({"model": {"not.a.layer": torch.zeros(3)}}, tmp_path / "other.pt")
     with pytest.raises(SystemExit, match="--init: .*other.pt: not a checkpoint of this project"):
-        train.init_from(model, tmp_path / "other.pt")
+        rundir.init_from(model, tmp_path / "other.pt")
     other = build_model(ModelConfig(task="det", m=0))
     torch.save({"kind": "mdn_dense checkpoint", "version": 2, "model_config": {},
                 "model": {"x." + k: v for k, v in other.state_dict().items()}}, tmp_path / "renamed.pt")
     with pytest.raises(SystemExit, match="no tensor matches"):
-        train.init_from(model, tmp_path / "renamed.pt")
+        rundir.init_from(model, tmp_path / "renamed.pt")
 
 
 # ----------------------------------------------------------------------------- custom keypoints
