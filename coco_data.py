@@ -254,9 +254,43 @@ def to_input(image, rng=None):
     return torch.addmm(torch.from_numpy(q)[:, None], torch.from_numpy(P), x).view(3, h, w)
 
 
+def letterbox(image, size):
+    """The deterministic evaluation transform: the whole image, centred, its longer side
+    scaled to `size`, in a size x size input. -> (input (3, size, size), img2in (2, 3))."""
+    w, h = image.size
+    img2in = affine_matrix(np.array([w / 2, h / 2]), float(max(w, h)), size)
+    return to_input(warp_image(image, img2in, size)), img2in
+
+
 # ----------------------------------------------------------------------------- dataset
 class BadImageError(OSError):
     """A missing or unreadable image; the message names the file and the image id."""
+
+
+def read_image(path, what="image"):
+    """An image file as PIL RGB (grayscale, palette, RGBA, CMYK become RGB). 16-bit grey
+    (PNG / TIFF modes I;16, I;16B) is scaled by its range, round(v / 257): 65535 -> 255
+    (PIL's convert would clip every value above 255 to white). 32-bit integer ('I', but
+    for PNG) and float ('F') images state no range, so they are refused. Every failure is a
+    BadImageError naming `what` (e.g. the image id) and the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()                                  # decode now, inside the try
+            mode, image = im.mode, None
+            # A PNG holds at most 16 bits a channel: older Pillow opens 16-bit grey PNG as "I".
+            if mode in SIXTEEN_BIT_MODES or (mode == "I" and im.format == "PNG"):
+                grey = (np.asarray(im).astype(np.uint32) + 128) // 257    # (h, w) round(v / 257)
+                image = Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+            elif mode not in ("I", "F"):
+                image = im if mode == "RGB" else im.convert("RGB")
+    except FileNotFoundError:
+        raise BadImageError(f"{what}: file not found: {path}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadImageError(f"{what}: cannot read {path}: {e}") from e
+    if image is None:
+        raise BadImageError(f"{what}: {path}: mode '{mode}' (32-bit {'float' if mode == 'F' else 'integer'}) "
+                            f"has no defined 8-bit range; convert it to 8 bits (or 16-bit PNG) first")
+    return image
 
 
 class CocoDataset(torch.utils.data.Dataset):
@@ -366,33 +400,12 @@ class CocoDataset(torch.utils.data.Dataset):
         return with_objects
 
     def load_image(self, img_id):
-        """The image as PIL RGB (grayscale, palette, RGBA, CMYK become RGB). 16-bit grey
-        (PNG / TIFF modes I;16, I;16B) is scaled by its range, round(v / 257): 65535 -> 255
-        (PIL's convert would clip every value above 255 to white). 32-bit integer ('I', but
-        for PNG) and float ('F') images state no range, so they are refused (BadImageError)."""
+        """The image as PIL RGB (read_image), checked against the annotated size."""
         info = self.coco.imgs[img_id]
-        path = self.image_dir / info["file_name"]
-        try:
-            with Image.open(path) as im:
-                im.load()                                  # decode now, inside the try
-                mode, image = im.mode, None
-                # A PNG holds at most 16 bits a channel: older Pillow opens 16-bit grey PNG as "I".
-                if mode in SIXTEEN_BIT_MODES or (mode == "I" and im.format == "PNG"):
-                    grey = (np.asarray(im).astype(np.uint32) + 128) // 257    # (h, w) round(v / 257)
-                    image = Image.fromarray(grey.astype(np.uint8)).convert("RGB")
-                elif mode not in ("I", "F"):
-                    image = im if mode == "RGB" else im.convert("RGB")
-        except FileNotFoundError:
-            raise BadImageError(f"image id {img_id}: file not found: {path}") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise BadImageError(f"image id {img_id}: cannot read {path}: {e}") from e
-        if image is None:
-            raise BadImageError(f"image id {img_id}: {path}: mode '{mode}' (32-bit "
-                                f"{'float' if mode == 'F' else 'integer'}) has no defined 8-bit "
-                                f"range; convert it to 8 bits (or 16-bit PNG) first")
+        image = read_image(self.image_dir / info["file_name"], f"image id {img_id}")
         if image.size != (info["width"], info["height"]):
-            raise BadImageError(f"image id {img_id}: {path} is {image.size[0]}x{image.size[1]}, "
-                                f"the annotations say {info['width']}x{info['height']}")
+            raise BadImageError(f"image id {img_id}: {self.image_dir / info['file_name']} is "
+                                f"{image.size[0]}x{image.size[1]}, the annotations say {info['width']}x{info['height']}")
         return image
 
     def __getitem__(self, index):
@@ -416,15 +429,17 @@ class CocoDataset(torch.utils.data.Dataset):
         image = self.load_image(img_id)
         w, h = image.size
         S = self.input_size
-        center, scale, flip = np.array([w / 2, h / 2]), float(max(w, h)), False
-        if rng is not None:
-            scale *= rng.choice(self.scales)
+        flip = False
+        if rng is None:
+            inp, img2in = letterbox(image, S)                     # the path predict.py uses too
+        else:
+            center, scale = np.array([w / 2, h / 2]), float(max(w, h)) * rng.choice(self.scales)
             if self.random_center:
                 bx, by = _border(w), _border(h)
                 center = np.array([rng.integers(bx, w - bx), rng.integers(by, h - by)], float)
             flip = rng.random() < self.flip_prob
-        img2in = affine_matrix(center, scale, S, flip)            # (2, 3)
-        inp = to_input(warp_image(image, img2in, S), rng if self.color_aug else None)  # (3, S, S)
+            img2in = affine_matrix(center, scale, S, flip)        # (2, 3)
+            inp = to_input(warp_image(image, img2in, S), rng if self.color_aug else None)  # (3, S, S)
         img2out = img2in / STRIDE
         anns = self.annotations(img_id)
         boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
