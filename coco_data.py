@@ -372,6 +372,17 @@ class CocoDataset(torch.utils.data.Dataset):
 
     _annotations = annotations   # the old private name, still called by notebooks 02-05
 
+    def info(self):
+        """The names a trained model needs without this file: class names and COCO category
+        ids; pose adds keypoint names, the skeleton (0-based pairs), flip_idx, OKS sigmas."""
+        cats = [self.coco.cats[c] for c in self.cat_ids]
+        info = dict(task=self.task, cat_ids=list(self.cat_ids), class_names=[c["name"] for c in cats])
+        if self.task == "pose":
+            info.update(keypoint_names=self.keypoint_names, flip_idx=list(self.flip_idx),
+                        skeleton=[[a - 1, b - 1] for a, b in cats[0].get("skeleton", [])],
+                        oks_sigmas=None if self.oks_sigmas is None else self.oks_sigmas.tolist())
+        return info
+
     def check_trainable(self, batch_size, drop_last=True):
         """Raise ValueError naming the annotation file when this split cannot train: no
         images, no usable object in image_ids (every annotation crowd, zero-size or of

@@ -40,13 +40,14 @@ def peak_mask(heat):
     ### END SOLUTION
 
 
-def peak_scores(logits):
-    """sigmoid(logits) at the 3x3 local maxima of the logits, 0 elsewhere. The test runs on
-    the logits, not the probabilities: near a confident centre the sigmoid rounds
-    neighbouring cells to exactly 1.0 in float32 and both would pass as peaks (one object
-    decoded twice); the logits keep their order. logits (B, C, H, W)."""
+def peak_logits(logits):
+    """The logits at their 3x3 local maxima, -inf elsewhere. The test, and the top-k after it,
+    run on the logits, not the probabilities: near a confident centre the sigmoid rounds
+    neighbouring cells to exactly 1.0 in float32, so both would pass as peaks (one object
+    decoded twice) and the top-k would break the ties arbitrarily (differently in PyTorch
+    and onnxruntime); the logits keep their order. logits (B, C, H, W)."""
     logits = logits.float()
-    return torch.sigmoid(logits) * (max_filter3x3(logits) == logits).float()
+    return logits.masked_fill(max_filter3x3(logits) != logits, float("-inf"))
 
 
 def topk_peaks(heat, k):
@@ -56,8 +57,10 @@ def topk_peaks(heat, k):
     ### BEGIN SOLUTION
     B, C, H, W = heat.shape
     scores, idx = heat.reshape(B, -1).topk(min(k, C * H * W))         # (B, k)
-    ind = idx % (H * W)
-    return scores, ind, idx // (H * W), (ind // W).to(heat.dtype), (ind % W).to(heat.dtype)
+    cls = idx // (H * W)
+    ind = idx - cls * (H * W)               # idx % (H * W), written so that ONNX export takes it
+    ys = ind // W
+    return scores, ind, cls, ys.to(heat.dtype), (ind - ys * W).to(heat.dtype)
     ### END SOLUTION
 
 
@@ -71,10 +74,10 @@ def refine_joints(kps, hm_hp, hp_offset, boxes, thresh=0.1, snap=0.3):
     """
     B, K, H, W = hm_hp.shape
     k = kps.shape[1]
-    heat = peak_scores(hm_hp)
-    score, ind = heat.view(B, K, -1).topk(min(k, H * W))               # (B, K, k2)
+    top, ind = peak_logits(hm_hp).view(B, K, -1).topk(min(k, H * W))  # (B, K, k2)
+    score = torch.sigmoid(top)
     k2 = ind.shape[-1]
-    xs, ys = (ind % W).float(), (ind // W).float()
+    xs, ys = (ind - (ind // W) * W).float(), (ind // W).float()
     if hp_offset is not None:
         off = gather_feat(hp_offset.float(), ind.view(B, -1)).view(B, K, k2, 2)
         xs, ys = xs + off[..., 0], ys + off[..., 1]
@@ -107,7 +110,8 @@ def decode(out, k=100, component="max", refine=False):
     """
     ### BEGIN SOLUTION
     task = task_of(out)
-    scores, ind, classes, ys, xs = topk_peaks(peak_scores(out["hm"]), k)  # (B, k) each
+    top, ind, classes, ys, xs = topk_peaks(peak_logits(out["hm"]), k)  # (B, k) each
+    scores = torch.sigmoid(top)                                        # 0 for a -inf (no peak)
     reg = gather_feat(out["reg"].float(), ind)                         # (B, k, 2)
     cx, cy = xs + reg[..., 0], ys + reg[..., 1]
     mu_k, sigma_k, log_alpha_k = mixture_at(out, ind)                  # (B, k, M, ...)

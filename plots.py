@@ -29,6 +29,14 @@ def component_colour(component):
     return COMPONENT_COLOURS[int(component) % len(COMPONENT_COLOURS)]
 
 
+def component_legend(fig, components):
+    """One legend entry per 0-based component index drawn, in the colours of every figure."""
+    handles = [Rectangle((0, 0), 1, 1, fill=False, ec=component_colour(c), label=f"component {c + 1}")
+               for c in sorted(components)]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+
+
 def scale_distribution(fig2, path):
     """Fig. 2 from analysis.component_scale's output: histograms of sqrt(area) per component
     (named in scale order) and of the ground truth, log-spaced bins, and box plots with each
@@ -69,12 +77,13 @@ def draw_detections(ax, results, score_thresh=0.3):
             ax.add_patch(Rectangle((x, y), w, h, fill=False, lw=1.5, ec=component_colour(r.get("component", 0))))
 
 
-def draw_poses(ax, results, keypoint_names, skeleton=(), score_thresh=0.3, stride=4):
+def draw_poses(ax, results, keypoint_names, skeleton=(), score_thresh=0.3, stride=4, kpt_scale=None):
     """Skeletons (an edge only when both joints are visible, v > 0; left and right limbs in
-    different colours), person boxes and 1-std uncertainty ellipses coloured by component.
-    skeleton: 0-based joint pairs."""
+    different colours), person boxes and, for results that carry "sigma", 1-std uncertainty
+    ellipses coloured by component. skeleton: 0-based joint pairs; kpt_scale: Eq. (4)'s k_j
+    (default: COCO's for 17 joints)."""
     K = len(keypoint_names)
-    k = np.array(COCO_KPT_SCALE if K == 17 else [1.0] * K)    # the per-joint scale of Eq. (4)
+    k = np.array(kpt_scale if kpt_scale is not None else COCO_KPT_SCALE if K == 17 else [1.0] * K)
     sides = [joint_side(n) for n in keypoint_names]
     for r in results:
         if r["score"] < score_thresh:
@@ -120,10 +129,7 @@ def examples(results, coco_gt, task, img_ids, load_image, path, num=4, keypoint_
             draw_poses(ax, mine, keypoint_names, skeleton, score_thresh)
         ax.set_title(f"image {img_id}: {confident.get(img_id, 0)} predictions >= {score_thresh}", fontsize=9)
         ax.axis("off")
-    handles = [Rectangle((0, 0), 1, 1, fill=False, ec=component_colour(c), label=f"component {c + 1}")
-               for c in sorted(drawn)]
-    if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
+    component_legend(fig, drawn)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     fig.savefig(path, dpi=100)
     return path

@@ -104,8 +104,9 @@ def checkpoint_bytes(model, optimizer):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def save_run(folder, model, optimizer, epoch, train_config, history, last_good):
-    """Check, then write folder/ckpt.pt and folder/log.jsonl. Raises SystemExit without
+def save_run(folder, model, optimizer, epoch, history, last_good, **extra):
+    """Check, then write folder/ckpt.pt (with `extra`: the train config, the data's names)
+    and folder/log.jsonl. Raises SystemExit without
     writing when a weight or optimiser value is not finite (naming last_good, the file that
     still holds good weights), and on a write error naming the folder and the space needed."""
     folder = Path(folder)
@@ -115,7 +116,7 @@ def save_run(folder, model, optimizer, epoch, train_config, history, last_good):
                          f"(first: {', '.join(bad[:3])}); nothing saved. Last good checkpoint: {last_good}")
     try:
         save_checkpoint(folder / "ckpt.pt", model, optimizer=optimizer.state_dict(), epoch=epoch,
-                        train_config=train_config, history=history)
+                        history=history, **extra)
         write_log(folder, history)
     except (OSError, RuntimeError) as e:
         need = checkpoint_bytes(model, optimizer) / 2 ** 20

@@ -199,6 +199,8 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     if rank == 0:
         (out / "config.json").write_text(json.dumps({"model": dataclasses.asdict(model_cfg),
                                                      "train": dataclasses.asdict(cfg)}, indent=1))
+    # what predict.py needs to draw and flip without the annotation file
+    meta = dict(train_config=dataclasses.asdict(cfg), data=train_set.info())
     stats = None
     last_good = f"{ckpt_path} (after epoch {history[-1]['epoch'] + 1})" if history else "none yet"
     for epoch in range(start_epoch, cfg.epochs):
@@ -234,7 +236,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
                 **{k: v / n for k, v in sums.items()}}
         history.append(line)
         if rank == 0:  # saved before any evaluation: an evaluation error loses no training
-            save_run(out, model, optimizer, epoch, dataclasses.asdict(cfg), history, last_good)
+            save_run(out, model, optimizer, epoch, history, last_good, **meta)
             last_good = f"{ckpt_path} (after epoch {epoch + 1})"
         if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch == cfg.epochs - 1:
             stats = evaluate_model(model, val_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
@@ -243,7 +245,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
                 if "All+ref" in stats:
                     line["AP_refined"] = float(stats["All+ref"][0])
                 line["AP_components"] = {k: float(v[0]) for k, v in stats.items() if not k.startswith("All")}
-                save_run(out, model, optimizer, epoch, dataclasses.asdict(cfg), history, last_good)
+                save_run(out, model, optimizer, epoch, history, last_good, **meta)
         if rank == 0:
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {line['total']:.4f}  "
                   f"lr {line['lr']:.2e}  {line['time']:.0f}s" + (f"  AP {line['AP']:.3f}" if "AP" in line else ""))
@@ -256,7 +258,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
             if "All+ref" in test_stats:
                 history[-1]["AP_test_refined"] = float(test_stats["All+ref"][0])
             history[-1]["AP_test_components"] = {k: float(v[0]) for k, v in test_stats.items() if not k.startswith("All")}
-            save_run(out, model, optimizer, cfg.epochs - 1, dataclasses.asdict(cfg), history, last_good)
+            save_run(out, model, optimizer, cfg.epochs - 1, history, last_good, **meta)
     if rank == 0 and history:
         plot_history(history, out / "curves.png", title=f"{model_cfg.task} M={model_cfg.m} {model_cfg.arch}")
     if world > 1:
