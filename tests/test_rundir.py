@@ -137,7 +137,7 @@ def test_a_split_without_usable_images_is_an_error(tmp_path):
     ("--workers", "-2", "argument --workers: must be >= 0, got -2"),
 ])
 def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):      # argparse's usage-error status; its message goes to stderr
         train.parse_args([flag, value])
     assert message in capsys.readouterr().err
 
