@@ -155,3 +155,26 @@ def plot_history(history, path, title=""):
     ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def convergence(runs, path, title="Fig. 4: convergence"):
+    """The paper's Fig. 4 from train.py logs: validation AP against the epoch and against the
+    wall time, one line per run. runs: {label: history (the log.jsonl lines)}; only epochs
+    that were evaluated (--eval-every) have an AP."""
+    fig = Figure(figsize=(10, 3.6))
+    by_epoch, by_time = fig.subplots(1, 2)
+    for label, history in runs.items():
+        clock = np.cumsum([h["time"] for h in history]) / 60
+        done = [(h["epoch"] + 1, t, h["AP"]) for h, t in zip(history, clock) if "AP" in h]
+        if done:
+            e, t, ap = zip(*done)
+            line, = by_epoch.plot(e, ap, "o-", label=label)
+            by_time.plot(t, ap, "o-", color=line.get_color(), label=label)
+    by_epoch.set(xlabel="epoch", ylabel="COCO AP (validation)", ylim=(0, 1), title=title)
+    by_time.set(xlabel="training time (min, evaluation excluded)", ylabel="COCO AP (validation)", ylim=(0, 1))
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path

@@ -67,3 +67,11 @@ def test_a_foreign_checkpoint_or_missing_source_is_one_clear_error(run, tmp_path
         predict.main(["--checkpoint", str(tmp_path / "x.pt"), "--source", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"--source .*nothing_here: no such file or folder"):
         predict.main(["--checkpoint", str(run[0]), "--source", str(tmp_path / "nothing_here")])
+
+
+def test_figures_draws_fig4_and_fig5_from_a_run(run, tmp_path):
+    import figures
+    ckpt, _, _ = run
+    figures.main(["--mdn", str(ckpt.parent), "--base", str(ckpt.parent), "--out", str(tmp_path), "--examples", "2"])
+    for name in ("convergence.png", "predictions.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
