@@ -333,7 +333,7 @@ def write_analysis(results, ds, task, out_dir, examples, m=0, rows=None, substit
     rows = rows or {"All": "max"}
     names = getattr(ds, "keypoint_names", None)
     found, text = analysis.run_all(results[rows["All"]], ds.coco, task, names, ds.image_ids)
-    texts = [text]
+    texts = [text]  # then the tables of uncertainty.py
     cue_free = uncertainty.cue_free_ground_truth(ds.coco) if task == "pose" else None
     kept = {name: rule for name, rule in rows.items() if not str(rule).startswith("rescore-")}
     if cue_free is not None:
@@ -353,8 +353,7 @@ def write_analysis(results, ds, task, out_dir, examples, m=0, rows=None, substit
     (out_dir / "analysis.txt").write_text(text + "\n")
     if task == "det" and "fig2" in found:
         plots.scale_distribution(found["fig2"], out_dir / "fig2_scale.png")
-    if found["calibration"]:
-        c = found["calibration"]
+    if c := found["calibration"]:
         calibration.calibration_figure(c["coverage"], c["reliability"], out_dir / "calibration.png", c["pit"])
     if examples > 0:
         plots.examples(results[rows["All"]], ds.coco, task, ds.image_ids, ds.load_image, out_dir / "fig5_examples.png",

@@ -21,7 +21,8 @@ analysis.match_keypoints (score >= 0.5, OKS >= 0.5). Ground truth is converted t
 output map of the prediction's own image with the result's out_px (the letterbox is a scale
 and a shift): det targets are the box (w, h) / out_px; pose targets are the joints' offsets
 from the predicted integer peak, (joint - peak) / out_px, which is what the mixture's mu
-predicts (coco_data.render_targets measures them from the integer centre the same way).
+predicts (coco_data.render_targets measures them from the integer centre the same way). The
+boxes are the annotations' (training clips them to the image; a few border boxes differ).
 A joint is a target when annotated (v > 0), as in training. "Selected" is the component the
 result reports (the argmax for the max and mean rules, the forced one otherwise).
 Shapes: N matched instances, M components, D dims, K joints, as in mdn_dense.py.
@@ -64,7 +65,7 @@ def oks_matrix(pred, gt, areas, sigmas):
 
 
 # ----------------------------------------------------------------------------- oracle gate
-def oracle_component(by_component, coco_gt, task, img_ids=None, oks_sigmas=None):
+def oracle_component(by_component, coco_gt, task, img_ids=None, oks_sigmas=None, thresh=0.5):
     """The "Oracle comp." rule from the forced-component results of the same peaks.
 
     by_component: [results with component 0 forced, component 1 forced, ...], decoded from
@@ -72,8 +73,10 @@ def oracle_component(by_component, coco_gt, task, img_ids=None, oks_sigmas=None)
     takes, over its components and the image's unmatched non-crowd ground truth (det: same
     category; pose: persons with annotated joints), the pair of highest similarity (IoU /
     OKS, oks_sigmas pycocotools' per joint, default analysis.oks_sigmas) and keeps that
-    component's result; a peak near no ground truth (similarity 0) keeps the component of
-    highest alpha, the max rule's. Returns one result list (the chosen dicts)."""
+    component's result. A peak with no pair >= thresh (COCOeval's lowest threshold) is a
+    false positive whatever its component: it keeps the highest alpha (the max rule's) and
+    takes no ground truth from a better peak below it. Returns one result list (the chosen
+    dicts). A greedy proxy of COCOeval's matching, so not a strict bound at every threshold."""
     peaks = {}
     for c, results in enumerate(by_component):
         for r in results:
@@ -101,7 +104,7 @@ def oracle_component(by_component, coco_gt, task, img_ids=None, oks_sigmas=None)
             rows = sim[row:row + len(comps)] * free                     # (components of this peak, g)
             row += len(comps)
             alphas = [r["alpha"] for r in comps.values()]
-            if rows.size and rows.max() > 0:   # best pair; ties go to the higher alpha
+            if rows.size and rows.max() >= thresh:   # best pair; ties go to the higher alpha
                 c, j = max(((c, j) for c in range(len(comps)) for j in range(len(mine))),
                            key=lambda cj: (rows[cj], alphas[cj[0]]))
                 free[j] = False

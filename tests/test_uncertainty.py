@@ -65,6 +65,11 @@ def test_oracle_component_is_the_best_component_per_instance_one_to_one():
     assert [(r["rank"], r["component"]) for r in chosen] == [(0, 1), (1, 0), (2, 1)]
     ap = lambda res: coco_evaluate(coco, res, "det")[0]
     assert ap(chosen) > max(ap(comp0), ap(comp1))
+    # a better-scored peak that misses A (IoU 0.3 < 0.5: a false positive either way) leaves it to peak 1
+    loose = lambda c: result(3, 0.95, [0, 0, 10, 3], c, 0.5)
+    chosen = uq.oracle_component([[loose(0), *comp0], [loose(1), *comp1]], coco, "det")
+    assert [(r["rank"], r["component"]) for r in chosen] == [(3, 0), (0, 1), (1, 0), (2, 1)]
+    chosen = chosen[1:]
     # per ground truth, the oracle's prediction is the best forced component's
     for g, peak in (([0, 0, 10, 10], 0), ([50, 50, 20, 20], 1)):
         best = max(analysis.iou_xywh(c[peak]["bbox"], g) for c in (comp0, comp1))
