@@ -279,7 +279,8 @@ def calibration_report(results, coco_gt, task, m, kpt_scale=None, keypoint_names
                         [[name, t["count"].sum(), f"{_rms(t['rmv'], t['count']):.3g}", f"{_rms(t['rmse'], t['count']):.3g}",
                           f"{_rms(t['rmse'], t['count']) / _rms(t['rmv'], t['count']):.2f}", f"{t['ence']:.3f}"]
                          for name, t in rel.items()],
-                        "reliability by group (the selected component; facial: nose, eyes, ears); RMS over all coordinates")
+                        "reliability by group (the selected component" + ("; facial: nose, eyes, ears" if task == "pose" else "")
+                        + "); RMS over all coordinates")
     return found, (f"calibration of the mixture at {found['pairs']} matched predictions ({match}; {what}, "
                    f"output-map pixels)\n{text}\n\n{groups}")
 
