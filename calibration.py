@@ -191,9 +191,9 @@ def reliability(errors, predicted_sigma, bins=10, groups=None):
 
 
 # ----------------------------------------------------------------------------- printing
-def format_calibration(nll=None, cov=None, rel=None):
-    """Plain-text tables of nll_per_coordinate, coverage (one result or {name: result}) and
-    reliability outputs; any may be None."""
+def format_calibration(nll=None, cov=None, rel=None, pit=None):
+    """Plain-text tables of nll_per_coordinate, coverage (one result or {name: result}),
+    reliability and pit_histogram outputs; any may be None."""
     texts = []
     if nll is not None:
         texts.append(text_table(["mixture", "selected", "-log alpha_sel", "coords"],
@@ -213,16 +213,25 @@ def format_calibration(nll=None, cov=None, rel=None):
                                                              t["rmv"], t["rmse"]))]
             texts.append(text_table(["bin", "n", "sigma range", "RMV", "RMSE", "RMSE/RMV"], rows,
                                     f"reliability ({name}): ENCE {t['ence']:.3f}"))
+    if pit is not None:
+        edges = pit["edges"]
+        ratio = [f"{c / pit['expected']:.2f}" if pit["expected"] else "-" for c in pit["counts"]]
+        texts.append(text_table([f"{lo:.1f}-{hi:.1f}" for lo, hi in zip(edges[:-1], edges[1:])], [ratio],
+                                f"PIT of the full mixture: count / expected ({pit['expected']:.1f}) per bin, "
+                                f"chi2 {pit['chi2']:.1f} on {pit['dof']} dof, max |c/e - 1| {pit['max_dev']:.2f} "
+                                "(flat = calibrated; U = over-confident, hump = under-confident)"))
     return "\n\n".join(texts)
 
 
 # ----------------------------------------------------------------------------- figure
-def calibration_figure(cov, rel, path=None):
+def calibration_figure(cov, rel, path=None, pit=None):
     """Left: coverage curves, nominal vs observed (one result or {name: result}), with the
-    diagonal; right: reliability diagram, RMV vs RMSE per bin for each group, log-log with
-    the diagonal. Returns the matplotlib Figure (no pyplot); saved to path when given."""
-    fig = Figure(figsize=(9, 4))
-    ax1, ax2 = fig.subplots(1, 2)
+    diagonal; middle: reliability diagram, RMV vs RMSE per bin for each group, log-log with
+    the diagonal; right (when pit, a pit_histogram result): the PIT histogram as count /
+    expected, flat at 1 when calibrated. Returns the matplotlib Figure (no pyplot); saved
+    to path when given."""
+    fig = Figure(figsize=(9 if pit is None else 13, 4))
+    ax1, ax2, *ax3 = fig.subplots(1, 2 if pit is None else 3)
     ax1.plot([0, 1], [0, 1], color="gray", ls="--", lw=1)
     for name, c in ({cov["per"]: cov} if "observed" in cov else cov).items():
         ax1.plot(c["levels"], c["observed"], "o-", label=f"{name} (n={c['n']})")
@@ -243,6 +252,13 @@ def calibration_figure(cov, rel, path=None):
             axis.set_minor_formatter(NullFormatter())
     ax2.set(xlabel="RMV (RMS predicted sigma)", ylabel="RMSE (observed)", title="reliability per sigma bin")
     ax2.legend(fontsize=8)
+    if pit is not None:
+        e = pit["edges"]
+        ax3[0].bar(e[:-1], pit["counts"] / max(pit["expected"], 1e-12), width=np.diff(e), align="edge",
+                   color="tab:blue", edgecolor="white")
+        ax3[0].axhline(1, color="gray", ls="--", lw=1)
+        ax3[0].set(xlim=(0, 1), xlabel="PIT of the full mixture", ylabel="count / expected",
+                   title=f"PIT histogram (chi2 {pit['chi2']:.0f}, {pit['dof']} dof)")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)

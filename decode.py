@@ -99,7 +99,7 @@ def refine_joints(kps, hm_hp, hp_offset, boxes, thresh=0.1, snap=0.3):
 
 # ----------------------------------------------------------------------------- decoding
 @torch.no_grad()
-def decode(out, k=100, component="max", refine=False):
+def decode(out, k=100, component="max", refine=False, mixture=False):
     """NMS-free decoding (§3.3) of one stack's raw outputs into k detections per image.
 
     Returns a dict of tensors in output-map pixels (multiply by the stride and undo the
@@ -107,6 +107,10 @@ def decode(out, k=100, component="max", refine=False):
     reported component; sigma (B, k, 2); centers, (B, k, 2); boxes (B, k, 4) x1 y1 x2 y2;
     pose adds keypoints (B, k, K, 2) = integer peak + selected offsets (optionally
     refined by hm_hp). The component is chosen per pixel, before peak extraction.
+    mixture=True adds the whole mixture at each peak (for calibration, uncertainty.py):
+    mu (B, k, M, D) (det: (w, h); pose: joint offsets from the peak), sigma_all (B, k, M, 2),
+    log_alpha (B, k, M) and peaks (B, k, 2), the integer peak cell (the offsets' origin).
+    Detections come best first, in the same order for every component rule.
     """
     ### BEGIN SOLUTION
     task = task_of(out)
@@ -122,6 +126,8 @@ def decode(out, k=100, component="max", refine=False):
                          cx + wh[..., 0] / 2, cy + wh[..., 1] / 2], -1)  # (B, k, 4)
     det = dict(scores=scores, classes=classes, component=comp, alpha=alpha, sigma=sigma_s,
                centers=torch.stack([cx, cy], -1), boxes=boxes)
+    if mixture:
+        det.update(mu=mu_k, sigma_all=sigma_k, log_alpha=log_alpha_k, peaks=torch.stack([xs, ys], -1))
     if task == "pose":
         kps = mu_s.view(B, -1, D // 2, 2) + torch.stack([xs, ys], -1)[:, :, None, :]  # (B, k, K, 2)
         if refine:

@@ -20,8 +20,10 @@ uses no NMS at all. `--fps` times network + decoding + mapping back (+ merge) pe
     python evaluate.py --checkpoint ckpt.pt --data COCO_ROOT --scales 0.5 0.75 1 1.25 1.5 --fps
     python evaluate.py --oracle --task pose --ann A.json --images DIR
 
-The analyses themselves (Fig. 2, Tables 4-6, latent-mode agreement) are in analysis.py,
-the figures in plots.py; this command writes their files.
+The analyses themselves (Fig. 2, Tables 4-6, latent-mode agreement) are in analysis.py, those
+of the mixture's uncertainty (calibration, the "Oracle comp." gate, AP with ground-truth heads,
+`--rescore`) in uncertainty.py, the figures in plots.py and calibration.py; this command
+writes their files.
 """
 import argparse
 import copy
@@ -36,8 +38,10 @@ import torch
 from tqdm import tqdm
 
 import analysis
+import calibration
 import plots
 import precision as px
+import uncertainty
 from annotations import dataset_paths
 from coco_data import STRIDE, CocoDataset, apply_affine
 from coco_eval import coco_evaluate, to_coco_results
@@ -61,6 +65,8 @@ class Inference:
     refine: bool = False
     nms_method: str = "gaussian"
     precision: str = "fp32"      # fp32 | bf16 (a resolved precision.py choice)
+    mixture: tuple = ()          # rules whose result dicts carry the whole mixture (decode_results)
+    cfg: ModelConfig | None = None  # the model's config: the oracle heads of uncertainty.GroundTruthHeads rules
 
 
 # ----------------------------------------------------------------------------- inference
@@ -113,36 +119,60 @@ def oracle_forward(cfg):
     return lambda view: oracle_outputs(view, cfg)
 
 
-def decode_results(out, batch, cat_ids, rule="max", k=100, refine=False):
+MIXTURE_KEYS = ("mix_mu", "mix_sigma", "mix_log_alpha", "peak")   # decode_results(mixture=True); not in results.json
+
+
+def decode_results(out, batch, cat_ids, rule="max", k=100, refine=False, mixture=False):
     """Decode one batch's outputs with one component rule into COCO result dicts (original
     pixels). Each dict also carries component (int), alpha (float), sigma ([sx, sy] in
-    output-map pixels, before the per-joint scale k_j), center ([x, y], original pixels) and
-    out_px (original pixels per output-map pixel) for analysis.py and plots.py.
+    output-map pixels, before the per-joint scale k_j), center ([x, y], original pixels),
+    out_px (original pixels per output-map pixel) for analysis.py and plots.py, and rank
+    (the peak's place in its image's top k: the same peak under every rule).
+    mixture=True adds the whole mixture at the peak, in output-map pixels, as float32 numpy
+    views of one array per batch (a list per detection would be ~100 Python floats each):
+    mix_mu (M, D), mix_sigma (M, 2), mix_log_alpha (M,), and peak ([x, y], original pixels
+    of the integer peak cell's corner, where pose offsets start).
     Peaks of probability exactly 0 (an underflowed sigmoid) are not detections: dropped."""
-    det = {name: v.cpu() for name, v in decode(out, k=k, component=rule, refine=refine).items()}
+    det = {name: v.cpu() for name, v in decode(out, k=k, component=rule, refine=refine, mixture=mixture).items()}
     res = to_coco_results(det, batch["out2img"], batch["image_id"], cat_ids, "pose" if "keypoints" in det else "det")
     comp, alpha, sigma = det["component"].flatten(), det["alpha"].flatten(), det["sigma"].reshape(-1, 2)
     A = batch["out2img"].double().numpy()                                  # (B, 2, 3)
-    centers = np.concatenate([apply_affine(c.double().numpy(), a)
-                              for c, a in zip(det["centers"], A)]).tolist()  # (B*k, 2)
-    out_px = np.repeat(np.sqrt(np.abs(np.linalg.det(A[:, :, :2]))), det["scores"].shape[1])
+    image_px = lambda xy: np.concatenate([apply_affine(c.double().numpy(), a) for c, a in zip(xy, A)]).tolist()
+    centers = image_px(det["centers"])                                     # (B*k, 2)
+    kk = det["scores"].shape[1]
+    out_px = np.repeat(np.sqrt(np.abs(np.linalg.det(A[:, :, :2]))), kk)
     for i, r in enumerate(res):
         r.update(component=int(comp[i]), alpha=float(alpha[i]), sigma=sigma[i].tolist(),
-                 center=centers[i], out_px=float(out_px[i]))
+                 center=centers[i], out_px=float(out_px[i]), rank=i % kk)
+    if mixture:
+        B, _, M, D = det["mu"].shape
+        mu, sig = det["mu"].reshape(B * kk, M, D).numpy(), det["sigma_all"].reshape(B * kk, M, 2).numpy()
+        log_alpha, peaks = det["log_alpha"].reshape(B * kk, M).numpy(), image_px(det["peaks"])
+        for i, r in enumerate(res):
+            r.update(mix_mu=mu[i], mix_sigma=sig[i], mix_log_alpha=log_alpha[i], peak=peaks[i])
     return [r for r in res if r["score"] > 0]
 
 
 def infer_batch(forward, batch, cat_ids, inference):
     """One batch -> {rule: result dicts}. forward(view) -> outputs (network_forward or
     oracle_forward); batch is a CocoDataset batch, or a list of batches of the same images
-    at several test scales (MultiScale), merged by soft-NMS. One forward pass serves every rule."""
+    at several test scales (MultiScale), merged by soft-NMS. One forward pass serves every rule;
+    a uncertainty.GroundTruthHeads rule decodes it with some heads replaced by the oracle's
+    (inference.cfg). The ranks of scale v are offset by v * k (unique per image)."""
     views = batch if isinstance(batch, list) else [batch]
     results = {rule: [] for rule in inference.rules}
-    for view in views:
-        out = forward(view)
+    for v, view in enumerate(views):
+        out, oracle = forward(view), None
         for rule in inference.rules:
             how, ref = rule if isinstance(rule, tuple) else (rule, inference.refine)
-            results[rule].extend(decode_results(out, view, cat_ids, how, inference.k, ref))
+            o = out
+            if isinstance(rule, uncertainty.GroundTruthHeads):
+                oracle = oracle_outputs(view, inference.cfg) if oracle is None else oracle
+                how, o = rule.rule, uncertainty.substitute(out, oracle, view, rule.heads)
+            res = decode_results(o, view, cat_ids, how, inference.k, ref, rule in inference.mixture)
+            for r in res:
+                r["rank"] += v * inference.k
+            results[rule].extend(res)
     if len(views) > 1:
         results = {rule: merge_scales(res, inference.k, inference.nms_method) for rule, res in results.items()}
     return results
@@ -183,11 +213,17 @@ def measure_fps(forward, dataset, cat_ids, inference, cuda=False, n=50, warmup=5
     return n / (time.perf_counter() - t0)
 
 
-def component_rules(m, rule="max"):
-    """The rows of Tables 1 / 3: "All" with the chosen rule, then each component forced."""
+def component_rules(m, rule="max", oracle=False, rescore=None):
+    """The rows of Tables 1 / 3: "All" with the chosen rule, then each component forced;
+    oracle adds "Oracle comp." (uncertainty.oracle_component, M >= 2), rescore ("sigma" or
+    "density") a row of the All results rescored (uncertainty.rescore)."""
     rows = {"All": rule}
     if m >= 2:
         rows.update({str(i + 1): i for i in range(m)})
+        if oracle and rule != "oracle":
+            rows["Oracle comp."] = "oracle"
+    if rescore:
+        rows[f"Rescored ({rescore})"] = f"rescore-{rescore}"
     return rows
 
 
@@ -197,14 +233,17 @@ def evaluate_rows(coco_gt, results, rows, task, img_ids, oks_sigmas=None):
             for name, rule in rows.items()}
 
 
-def format_table(stats, task, title=""):
-    """The layout of the paper's Tables 1 (det) and 3 (pose), in percent."""
+def format_table(stats, task, title="", label="Comp.", delta=None):
+    """The layout of the paper's Tables 1 (det) and 3 (pose), in percent; delta: a row
+    name, then a last column dAP = AP - that row's AP."""
     names = STAT_NAMES[task]
+    width = max([7] + [len(row) + 2 for row in stats])
     lines = [title] if title else []
-    lines.append("Comp.  " + "".join(f"{n:>8}" for n in names))
+    lines.append(f"{label:<{width}}" + "".join(f"{n:>8}" for n in names) + ("     dAP" if delta else ""))
     for row, s in stats.items():
         # COCOeval writes -1 where an area range has no ground truth
-        lines.append(f"{row:<7}" + "".join(f"{100 * s[i]:8.1f}" if s[i] >= 0 else f"{'-':>8}" for i in range(len(names))))
+        lines.append(f"{row:<{width}}" + "".join(f"{100 * s[i]:8.1f}" if s[i] >= 0 else f"{'-':>8}" for i in range(len(names)))
+                     + (f"{100 * (s[0] - stats[delta][0]):+8.1f}" if delta else ""))
     return "\n".join(lines)
 
 
@@ -250,7 +289,11 @@ def parse_args(argv=None):
                       help="pose: one OKS sigma per joint for keypoint sets other than COCO's 17 whose category has no 'sigmas'")
     data.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (quick checks; default all)")
     inf = p.add_argument_group("inference")
-    inf.add_argument("--component", default="max", help="'max' (paper), 'mean', or a 1-based component index for the All row")
+    inf.add_argument("--component", default="max", help="'max' (paper), 'mean', a 1-based component index, or 'oracle' "
+                                                         "(per peak the component closest to its ground truth) for the All row")
+    inf.add_argument("--rescore", choices=uncertainty.RESCORE, help="add a row of the All detections rescored by their "
+                     "uncertainty: sigma: score / (1 + u / median u), u = mean sigma / box size; density: score * the "
+                     "mixture's density at the selected mean per dim * box size (default: none)")
     inf.add_argument("--flip", action="store_true", help="left-right flip test (not on the synthetic figures: "
                                                          "their colour-coded sides make the mirror image unlike any figure)")
     inf.add_argument("--refine", action="store_true", help="pose: snap joints to hm_hp peaks (CenterNet refinement)")
@@ -267,30 +310,54 @@ def parse_args(argv=None):
     inf.add_argument("--fps", type=int, nargs="?", const=50, default=0, metavar="N", help="also time N images (default 50) one at a time after 5 warm-up images: network + decoding + mapping back + merge, no data loading (Fig. 3)")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="folder for results JSON, tables and figures (default: next to the checkpoint)")
-    out.add_argument("--analysis", action="store_true", help="the component analyses of analysis.py (Fig. 2 / Tables 4-6 / Fig. 5 / latent modes), tables printed, figures saved in --out")
+    out.add_argument("--analysis", action="store_true", help="the component analyses of analysis.py (Fig. 2 / Tables 4-6 / Fig. 5 / latent modes) "
+                     "and of uncertainty.py (an Oracle comp. row, its AP on cue-free figures, AP with ground-truth heads, "
+                     "calibration of the mixture), tables printed, figures saved in --out")
     out.add_argument("--examples", type=int, default=4, help="images drawn for Fig. 5 with --analysis (default 4)")
     return p.parse_args(argv)
 
 
 def parse_rule(text):
-    """'max' / 'mean' / a 1-based index -> select_component's argument."""
-    if text in ("max", "mean"):
+    """'max' / 'mean' / 'oracle' / a 1-based index -> select_component's argument (or "oracle")."""
+    if text in ("max", "mean", "oracle"):
         return text
     if text.isdigit() and int(text) >= 1:
         return int(text) - 1
-    raise SystemExit(f"--component must be max, mean or a component number >= 1, got {text!r}")
+    raise SystemExit(f"--component must be max, mean, oracle or a component number >= 1, got {text!r}")
 
 
-def write_analysis(results, ds, task, out_dir, examples):
-    """--analysis: print the tables of analysis.py and write analysis.txt and the figures."""
-    found, text = analysis.run_all(results, ds.coco, task, getattr(ds, "keypoint_names", None), ds.image_ids)
+def write_analysis(results, ds, task, out_dir, examples, m=0, rows=None, substitution=None):
+    """--analysis: print the tables of analysis.py and uncertainty.py, write analysis.txt and
+    the figures. results {rule: result dicts}; rows: the main table's (their AP on the
+    cue-free figures); substitution: the ground-truth heads table's {row: rule}."""
+    rows = rows or {"All": "max"}
+    names = getattr(ds, "keypoint_names", None)
+    found, text = analysis.run_all(results[rows["All"]], ds.coco, task, names, ds.image_ids)
+    texts = [text]  # then the tables of uncertainty.py
+    cue_free = uncertainty.cue_free_ground_truth(ds.coco) if task == "pose" else None
+    kept = {name: rule for name, rule in rows.items() if not str(rule).startswith("rescore-")}
+    if cue_free is not None:
+        free = {rule: uncertainty.cue_free_results(results[rule], ds.coco, ds.oks_sigmas) for rule in kept.values()}
+        found["cue_free"] = evaluate_rows(cue_free, free, kept, task, ds.image_ids, ds.oks_sigmas)
+        texts.append(format_table(found["cue_free"], task, "keypoint AP on the cue-free figures alone (the others ignored)"))
+    if substitution:
+        found["substitution"] = evaluate_rows(ds.coco, results, substitution, task, ds.image_ids, ds.oks_sigmas)
+        texts.append(format_table(found["substitution"], task, "Where does the AP go: the network with ground-truth heads "
+                                  "(hm whole map; reg / size / joint offsets at the ground-truth centres, every component)",
+                                  label="heads", delta="network"))
+    found["calibration"], text = uncertainty.calibration_report(results[rows["All"]], ds.coco, task, m,
+                                                                ds.oks_sigmas if task == "pose" else None, names, ds.image_ids)
+    texts.append(text)
+    text = "\n\n".join(texts)
     print(text)
     (out_dir / "analysis.txt").write_text(text + "\n")
     if task == "det" and "fig2" in found:
         plots.scale_distribution(found["fig2"], out_dir / "fig2_scale.png")
+    if c := found["calibration"]:
+        calibration.calibration_figure(c["coverage"], c["reliability"], out_dir / "calibration.png", c["pit"])
     if examples > 0:
-        plots.examples(results, ds.coco, task, ds.image_ids, ds.load_image, out_dir / "fig5_examples.png",
-                       examples, getattr(ds, "keypoint_names", None))
+        plots.examples(results[rows["All"]], ds.coco, task, ds.image_ids, ds.load_image, out_dir / "fig5_examples.png",
+                       examples, names)
     return found
 
 
@@ -340,16 +407,20 @@ def main(argv=None):
     rule = parse_rule(args.component)
     if isinstance(rule, int) and rule >= max(m, 1):
         raise SystemExit(f"--component {args.component}: the model has {max(m, 1)} component(s)")
-    rows = component_rules(m, rule)
+    if args.rescore and m == 0:
+        raise SystemExit("--rescore: the M = 0 base predicts no uncertainty to rescore by")
+    rows = component_rules(m, rule, oracle=args.analysis, rescore=args.rescore)
+    decoded, substitution, mixture = uncertainty.plan(rows, m, task, args.analysis and model is not None, args.refine,
+                                                      args.analysis or args.rescore == "density")
     precision = px.resolve(args.precision, device) if model is not None else "fp32"
     if model is not None:
         model = model.to(memory_format=px.memory_format(precision))
-    inference = Inference(rules=tuple(dict.fromkeys(rows.values())), k=args.topk, flip=args.flip,
-                          flip_idx=getattr(ds, "flip_idx", None), refine=args.refine, nms_method=args.soft_nms,
-                          precision=precision)
+    inference = Inference(rules=decoded, k=args.topk, flip=args.flip, flip_idx=getattr(ds, "flip_idx", None),
+                          refine=args.refine, nms_method=args.soft_nms, precision=precision, mixture=mixture, cfg=cfg)
     forward = oracle_forward(cfg) if model is None else network_forward(model, device, inference)
     t0 = time.perf_counter()
     results = predict(forward, loader, ds.cat_ids, inference, progress=sys.stderr.isatty())
+    uncertainty.post_hoc(results, rows, m, ds.coco, task, ds.image_ids, ds.oks_sigmas)
     seconds = time.perf_counter() - t0
     if not results[rows["All"]]:
         print("no detections: every metric is 0")
@@ -359,8 +430,10 @@ def main(argv=None):
     title = (f"{'oracle' if args.oracle else args.checkpoint}: {task}, M = {m}, {len(ds)} images at "
              f"{input_size} px{how}, {seconds:.1f} s" + ("" if model is None else f", {px.describe(device, precision)}"))
     table = format_table(stats, task, title)
+    if args.rescore:
+        table += f"\nrescored by {args.rescore}: AP {100 * (stats[f'Rescored ({args.rescore})'][0] - stats['All'][0]):+.1f} vs All"
     if args.fps:
-        timing = Inference(rules=(rule,), k=args.topk, flip=args.flip, flip_idx=inference.flip_idx,
+        timing = Inference(rules=(decoded[0],), k=args.topk, flip=args.flip, flip_idx=inference.flip_idx,
                            refine=args.refine, nms_method=args.soft_nms, precision=precision)
         fps = measure_fps(network_forward(model, device, timing), data, ds.cat_ids, timing,
                           device.type == "cuda", args.fps)
@@ -369,10 +442,11 @@ def main(argv=None):
     print(table)
     out_dir = Path(args.out or (Path(args.checkpoint).parent if args.checkpoint else "runs/oracle"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results[rows["All"]]))
+    plain = [{key: v for key, v in r.items() if key not in MIXTURE_KEYS} for r in results[rows["All"]]]
+    (out_dir / "results.json").write_text(json.dumps(plain))
     (out_dir / "eval_table.txt").write_text(table + "\n")
     if args.analysis:
-        write_analysis(results[rows["All"]], ds, task, out_dir, args.examples)
+        write_analysis(results, ds, task, out_dir, args.examples, m, rows, substitution)
     return stats
 
 

@@ -225,3 +225,18 @@ def test_format_and_figure(tmp_path):
     fig = cal.calibration_figure(cov, rel, tmp_path / "calibration.png")
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 1 + 2 and len(fig.axes[1].lines) == len(rel) + 1
     assert (tmp_path / "calibration.png").stat().st_size > 0
+
+
+def test_pit_table_and_panel(tmp_path):
+    target, mu, sigma, log_alpha, k = mixture_sample(N=300)
+    pit = cal.pit_histogram(cal.pit(target, mu, sigma, log_alpha, kpt_scale=k), bins=5)
+    text = cal.format_calibration(pit=pit)
+    ratios = [float(v) for v in text.splitlines()[-1].split()]
+    assert ratios == pytest.approx(list(pit["counts"] / pit["expected"]), abs=0.005)   # printed to 2 decimals
+    assert "0.8-1.0" in text and f"chi2 {pit['chi2']:.1f} on 4 dof" in text
+    mu_s, sigma_s, _, _ = cal.select(mu, sigma, log_alpha)
+    cov = cal.coverage(target, mu_s, sigma_s, kpt_scale=k)
+    r = cal.residuals(target, mu_s, sigma_s, kpt_scale=k)
+    fig = cal.calibration_figure(cov, cal.reliability(r["error"], r["sigma"]), tmp_path / "c.png", pit=pit)
+    bars = fig.axes[2].patches
+    assert len(fig.axes) == 3 and [b.get_height() for b in bars] == pytest.approx(list(pit["counts"] / pit["expected"]))

@@ -53,6 +53,22 @@ def test_decode_returns_planted_peaks_boxes_and_components():
         dc.decode(out, component=3)
 
 
+@pytest.mark.parametrize("task", ["det", "pose"])
+def test_decode_mixture_is_opt_in_and_is_the_mixture_at_the_peaks(task):
+    out = planted_maps(task, K=2, C=1 if task == "pose" else 2)
+    det = dc.decode(out, k=2)
+    assert not {"mu", "sigma_all", "log_alpha", "peaks"} & set(det)
+    full = dc.decode(out, k=2, component=1, mixture=True)
+    assert torch.equal(full["peaks"][0], torch.tensor([[5.0, 4.0], [12.0, 10.0]]))   # the integer cells of A, B
+    ind = (full["peaks"][..., 1] * 20 + full["peaks"][..., 0]).long()                 # W = 20
+    for got, want in zip((full["mu"], full["sigma_all"], full["log_alpha"]), md.mixture_at(out, ind)):
+        assert torch.equal(got, want)
+    D = 2 if task == "det" else 4
+    assert full["mu"].shape == (1, 2, 3, D) and full["sigma_all"].shape == (1, 2, 3, 2)
+    assert torch.equal(full["mu"][0, 0, 1], full["mu"][0, 0].new_tensor([3.0, 4] if task == "det" else [5.0, 6, 7, 8]))
+    assert all(torch.equal(det[key], full[key]) for key in ("scores", "classes", "centers"))   # same peaks, same order
+
+
 def test_decode_pose_joints_from_integer_peak():
     out = planted_maps("pose", K=2, C=1)
     det = dc.decode(out, k=2)

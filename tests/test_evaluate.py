@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,14 @@ def test_cli_flags_and_every_analysis_on_an_untrained_network(synthetic, task, t
     assert (tmp_path / "fig2_scale.png").exists() == (task == "det")
     text = (tmp_path / "analysis.txt").read_text()
     assert ("Fig. 2" in text) if task == "det" else all(t in text for t in ("Table 4", "Table 5", "Table 6"))
+    # uncertainty.py's tables: the oracle gate, the ground-truth heads, the calibration
+    assert "\nOracle comp. " in out and ("cue-free figures alone" in text) == (task == "pose")
+    lines = text.split("Where does the AP go")[1].split("\n\n")[0].splitlines()[2:]
+    heads = dict((name, float(ap)) for name, ap in (re.match(r"(.+?)\s+([\d.]+)\s", line).groups() for line in lines))
+    assert set(heads) == {"network", "GT hm", "GT reg", "GT " + ("wh" if task == "det" else "hps"), "GT all"} | (
+        {"GT hm_hp"} if task == "pose" else set())
+    assert heads["GT all"] > 95 and heads["network"] < 5          # the truth in every head, mean rule, flip and two scales
+    assert "calibration" in text and (tmp_path / "calibration.png").exists() == ("calibration of the mixture" in text)
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results) <= 3 * 100 and len({r["image_id"] for r in results}) == 3   # merged to top 100 per image
     coco = CocoDataset(ann, images, task).coco
