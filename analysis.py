@@ -136,7 +136,7 @@ def greedy_match(results, gts, similarity, thresh):
     return pairs
 
 
-def _gts(coco_gt, img_ids=None, keypoints=False):
+def ground_truths(coco_gt, img_ids=None, keypoints=False):
     """Non-crowd ground truth (with at least one annotated joint when keypoints)."""
     ids = coco_gt.getImgIds() if img_ids is None else img_ids
     anns = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids)) if not a.get("iscrowd", 0)]
@@ -147,13 +147,13 @@ def match_boxes(results, coco_gt, score_thresh=0.3, iou_thresh=0.5, img_ids=None
     """(result, gt) pairs: same category, IoU >= iou_thresh, results with score >= score_thresh."""
     results = [r for r in results if r["score"] >= score_thresh]
     sim = lambda r, g: iou_xywh(r["bbox"], g["bbox"]) if r["category_id"] == g["category_id"] else -1.0
-    return greedy_match(results, _gts(coco_gt, img_ids), sim, iou_thresh)
+    return greedy_match(results, ground_truths(coco_gt, img_ids), sim, iou_thresh)
 
 
 def match_keypoints(results, coco_gt, score_thresh=0.5, oks_thresh=0.5, img_ids=None, gts=None):
     """(result, gt) pairs by OKS >= oks_thresh, results with score >= score_thresh."""
     results = [r for r in results if r["score"] >= score_thresh]
-    gts = _gts(coco_gt, img_ids, keypoints=True) if gts is None else gts
+    gts = ground_truths(coco_gt, img_ids, keypoints=True) if gts is None else gts
     sigmas = oks_sigmas(len(gts[0]["keypoints"]) // 3) if gts else None
     return greedy_match(results, gts, lambda r, g: oks(r["keypoints"], g["keypoints"], g["area"], sigmas),
                         oks_thresh)
@@ -177,7 +177,7 @@ def component_scale(results, coco_gt, score_thresh=0.3, iou_thresh=0.5, img_ids=
     cat_index = {c: i for i, c in enumerate(sorted(coco_gt.getCatIds()))}
     cats = [cat_index[g["category_id"]] for _, g in pairs]
     bins = [0 if g["area"] < 32 ** 2 else 1 if g["area"] < 96 ** 2 else 2 for _, g in pairs]
-    gt_scales = np.array([scale(g) for g in _gts(coco_gt, img_ids)])
+    gt_scales = np.array([scale(g) for g in ground_truths(coco_gt, img_ids)])
     stats = lambda s, total: dict(count=len(s), share=len(s) / max(total, 1),
                                   mean_scale=float(s.mean()) if len(s) else float("nan"),
                                   median_scale=float(np.median(s)) if len(s) else float("nan"))
@@ -226,7 +226,7 @@ def face_visibility(results, coco_gt, keypoint_names, score_thresh=0.5, min_keyp
     share} of the predictions with score >= score_thresh), matched (pairs), table, faces,
     components: the face (visible / occluded) x component counts of the matched pairs."""
     nose = keypoint_names.index("nose") if "nose" in keypoint_names else None
-    gts = [g for g in _gts(coco_gt, img_ids, keypoints=True) if g["num_keypoints"] >= min_keypoints]
+    gts = [g for g in ground_truths(coco_gt, img_ids, keypoints=True) if g["num_keypoints"] >= min_keypoints]
     v = np.array([g["keypoints"][2::3] for g in gts], np.float64).reshape(len(gts), len(keypoint_names))
     annotated = max(int((v > 0).sum()), 1)
     face = lambda g: "visible" if nose is not None and g["keypoints"][3 * nose + 2] == 2 else "occluded"
@@ -294,7 +294,7 @@ def displaced_ground_truth(coco_gt, pixels, seed=0, img_ids=None):
     ignored person (OKS against the box) instead of counting a false positive at (0, 0)."""
     rng = np.random.default_rng(seed)
     out = []
-    for g in _gts(coco_gt, img_ids, keypoints=True):
+    for g in ground_truths(coco_gt, img_ids, keypoints=True):
         kps = np.array(g["keypoints"], np.float64).reshape(-1, 3)
         angle = rng.uniform(0, 2 * np.pi, len(kps))
         kps[:, :2] += pixels * np.stack([np.cos(angle), np.sin(angle)], 1)

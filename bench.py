@@ -8,7 +8,10 @@ Rows: a training step (forward + backward + Adam) per architecture preset and ru
 the --m ladder (the MDN_3 vs base overhead, target <= 5 %, in time and in forward FLOPs:
 the FLOPs do not depend on the machine; for the official separate heads and for
 --mdn-head shared), NMS-free decoding per image,
-inference FPS, and data-loader images/s per worker (target >= 150 at 512 px). Each row
+inference FPS, forward + decoding per image at batch 1 in PyTorch eager (fp32, bf16) and in
+onnxruntime on the CPU (backend "onnx": the one graph export.py writes, with as many
+intra-op threads as torch has; skipped with a note without onnxruntime; `--only infer`),
+and data-loader images/s per worker (target >= 150 at 512 px). Each row
 runs in its own subprocess so that "peak MB" is that row's own peak (CPU: max RSS of the
 process; CUDA: torch.cuda.max_memory_allocated). Timings are the median of the measured
 iterations after warm-up; the machine line says where they came from.
@@ -21,6 +24,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,6 +116,42 @@ def row_decode(task, m, size, device, warmup, iters):
     return {"decode ms/img": 1000 * s}
 
 
+def row_infer(arch, task, size, batch, backend, precision, warmup, iters):
+    """What an application runs per image: the network's last stack and decode (k = 100),
+    in PyTorch eager (fp32, or bf16 autocast + channels_last) or as export.py's ONNX graph
+    in onnxruntime. Untrained weights: the cost does not depend on them."""
+    import export
+    if backend == "onnx":
+        try:
+            export.require(*export.EXPORT_PACKAGES)
+        except SystemExit:
+            return {"note": f"skipped: onnx / onnxscript / onnxruntime not installed ({export.INSTALL_HINT})"}
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task=task, m=3, arch=arch, num_classes=80 if task == "det" else 1,
+                                    sigma_floor=default_sigma_floor(task, arch))).eval()
+    x = torch.randn(batch, 3, size, size)
+    if backend == "onnx":
+        detector = export.Detector(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            export.to_onnx(export.export_program(detector, x, dynamic=False), detector.names, f"{tmp}/m.onnx")
+            t_export = time.perf_counter() - t
+            session = export.onnx_session(f"{tmp}/m.onnx", torch.get_num_threads())
+        feed = {"image": x.numpy()}
+        s = timed(lambda: session.run(None, feed), warmup, iters, False)
+        note = f"export {t_export:.0f} s, {session.get_session_options().intra_op_num_threads} intra-op threads"
+        return {"fwd+decode ms/img": 1000 * s / batch, "FPS": batch / s, "note": note}
+    cpu = torch.device("cpu")
+    model = model.to(memory_format=px.memory_format(precision))
+    x = x.contiguous(memory_format=px.memory_format(precision))
+
+    def run():
+        with torch.inference_mode(), px.autocast(cpu, precision):
+            decode(model(x)[-1], k=100)
+    s = timed(run, warmup, iters, False)
+    return {"fwd+decode ms/img": 1000 * s / batch, "FPS": batch / s}
+
+
 def row_loader(task, size, warmup, iters):
     from coco_data import CocoDataset
     ann = SAMPLE / "annotations" / ("person_keypoints_sample.json" if task == "pose" else "instances_sample.json")
@@ -137,6 +177,9 @@ def run_row(spec):
                         spec.get("head", "separate"), spec.get("precision", "fp32"))
     elif kind == "decode":
         res = row_decode(spec["task"], spec["m"], spec["size"], device, w, it)
+    elif kind == "infer":   # ~10 ms per image at 128 px: 10x the iterations there
+        res = row_infer(spec["arch"], spec["task"], spec["size"], spec["batch"], spec["backend"], spec["precision"],
+                        w, it * (10 if spec["size"] <= 256 else 1))
     else:
         res = row_loader(spec["task"], spec["size"], w, 10 * it)
     if device.type == "cuda":
@@ -178,6 +221,11 @@ def rows(args):
     for task in ("det", "pose"):
         specs.append(dict(kind="decode", task=task, m=3, size=512))
         specs.append(dict(kind="loader", task=task, size=512, device="cpu"))
+    # Forward + decode at batch 1 on the CPU: the demo preset and the paper's DLA-34 detector
+    for arch, task, size in (("small_dla", "pose", 128), ("dla34", "det", 512)):
+        for backend, prec in (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32")):
+            specs.append(dict(kind="infer", arch=arch, task=task, m=3, size=size, batch=1, device="cpu",
+                              precision=prec, backend=backend))
     for s in specs:
         s.setdefault("device", dev)
         s.update(warmup=w, iters=it)
@@ -195,10 +243,11 @@ def main(argv=None):
     if args.row:
         return run_row(json.loads(args.row))
     name = lambda s: " ".join(str(s[k]) for k in ("kind", "arch", "task", "m", "head", "size", "batch", "device",
-                                                  "precision") if k in s)
+                                                  "precision", "backend") if k in s)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           + (torch.cuda.get_device_name() if args.device == "cuda" else "CPU") + f", {torch.get_num_threads()} threads")
-    cols = ["train ms/img", "fwd ms/img", "fwd GFLOP/img", "FPS", "decode ms/img", "loader img/s/worker", "peak MB"]
+    cols = ["train ms/img", "fwd ms/img", "fwd GFLOP/img", "FPS", "decode ms/img", "fwd+decode ms/img",
+            "loader img/s/worker", "peak MB"]
     print(f"{'row':<48}" + "".join(f"{c:>20}" for c in cols))
     results = []
     for spec in rows(args):
@@ -232,6 +281,12 @@ def main(argv=None):
             f = by_name[n[:-4] + "fp32"]
             print(f"bf16 + channels_last vs fp32, {n[6:-5]}: train step x{f['train ms/img'] / r['train ms/img']:.2f}, "
                   f"forward x{f['fwd ms/img'] / r['fwd ms/img']:.2f}")
+    for n, r in by_name.items():
+        if n.startswith("infer ") and n.endswith(" fp32 onnx") and "FPS" in r:
+            base = n.removesuffix(" fp32 onnx")
+            vs = [(p, by_name[f"{base} {p} torch"]) for p in ("fp32", "bf16") if "FPS" in by_name.get(f"{base} {p} torch", {})]
+            print(f"onnxruntime vs PyTorch eager, {base[6:]} forward + decode: "
+                  + ", ".join(f"x{r['FPS'] / t['FPS']:.2f} of {p}" for p, t in vs))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -82,7 +82,7 @@ def oracle_component(by_component, coco_gt, task, img_ids=None, oks_sigmas=None,
         for r in results:
             peaks.setdefault(r["image_id"], {}).setdefault(r["rank"], {})[c] = r
     gts = {}
-    for g in analysis._gts(coco_gt, img_ids, keypoints=task == "pose"):
+    for g in analysis.ground_truths(coco_gt, img_ids, keypoints=task == "pose"):
         gts.setdefault(g["image_id"], []).append(g)
     chosen = []
     for img_id, by_rank in peaks.items():
@@ -136,7 +136,7 @@ def cue_free_results(results, coco_gt, oks_sigmas=None, background=0.01):
     false positive); those of figures with cues are left out. (Ignoring those figures alone
     would count their loosely placed detections as false positives of the cue-free ones.)"""
     persons = {}
-    for g in analysis._gts(coco_gt, keypoints=True):
+    for g in analysis.ground_truths(coco_gt, keypoints=True):
         persons.setdefault(g["image_id"], []).append(g)
     by_image = {}
     for r in results:
