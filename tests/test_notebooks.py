@@ -12,6 +12,8 @@ Strip a notebook before committing with
 or with nbformat: clear every code cell's outputs and set its execution_count to None.
 """
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -123,3 +125,58 @@ def test_runner_reports_a_failing_cell(tmp_path, smoke_env):
     nbformat.write(nb, path)
     with pytest.raises(CellExecutionError, match="boom from cell 2"):
         run_notebook(path, timeout=60)
+
+
+# ----------------------------------------------------------------------------- the setup cell
+def first_code_cell(path):
+    return next(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+
+
+def test_every_notebook_starts_with_the_same_setup_cell():
+    setups = {path.name: first_code_cell(path) for path in NOTEBOOKS}
+    reference = setups[NOTEBOOKS[0].name]
+    assert 'REPO_URL = "https://github.com/<you>/' in reference and "lab.run_record(SMOKE)" in reference
+    assert [name for name, src in setups.items() if src != reference] == [], (
+        f"the first code cell differs from {NOTEBOOKS[0].name}'s: keep the setup cells identical")
+
+
+def setup_notebook(folder, repo_url=None, then="import lab\nprint(lab.__file__)"):
+    """A notebook in folder: the shared setup cell (REPO_URL replaced when given), then `then`."""
+    setup = first_code_cell(NOTEBOOKS[0])
+    if repo_url is not None:
+        setup = re.sub(r'^REPO_URL = ".*?"', f"REPO_URL = {str(repo_url)!r}", setup, count=1, flags=re.M)
+    path = folder / "setup.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup),
+                                                   nbformat.v4.new_code_cell(then)]), path)
+    return path
+
+
+def test_setup_outside_the_repository_needs_repo_url(tmp_path, smoke_env):
+    with pytest.raises(CellExecutionError, match="REPO_URL is still the placeholder"):
+        run_notebook(setup_notebook(tmp_path), timeout=120)
+    assert not (tmp_path / "mixture-dense-regression").exists()
+
+
+def test_setup_outside_the_repository_clones_it_once(tmp_path, smoke_env):
+    # Colab's case without the network: REPO_URL is a local git repository holding this tree's
+    # tracked files as they are now; pip finds requirements.txt already satisfied.
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    source = tmp_path / "origin"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (source / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, source / rel)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
+        subprocess.run(git + cmd, cwd=source, check=True)
+    work = tmp_path / "colab"
+    work.mkdir()
+    nb = run_notebook(setup_notebook(work, f"file://{source}"), timeout=300)
+    clone = work / "mixture-dense-regression"
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.outputs)
+    assert f"cloning file://{source} into {clone}" in printed and "smoke run (MDN_SMOKE=1) on " in printed
+    assert printed.rstrip().endswith(str(clone / "lab.py"))
+    nb = run_notebook(setup_notebook(work, f"file://{source}"), timeout=300)  # the second time: no clone
+    assert "cloning" not in "".join(o.get("text", "") for c in nb.cells for o in c.outputs)
