@@ -206,9 +206,11 @@ def explain_todos(shell):
         return
 
     def handler(shell, etype, value, tb, tb_offset=None):
+        # IPython leaves the display to the handler; showtraceback draws an exception that
+        # carries _render_traceback_ as the lines it returns
         message = todo_message(value, tb)
-        if message is None:
-            return shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
-        return [message]
+        if message is not None:
+            value._render_traceback_ = lambda: [message]
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
     shell.set_custom_exc((NotImplementedError,), handler)

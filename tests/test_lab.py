@@ -177,19 +177,20 @@ def test_todo_message_names_the_module_function_or_the_exercise():
 
 def test_explain_todos_replaces_only_the_todo_traceback():
     class Shell:  # what explain_todos uses of IPython's InteractiveShell
-        class InteractiveTB:
-            @staticmethod
-            def structured_traceback(etype, value, tb, tb_offset=None):
-                return ["Traceback (most recent call last):", f"{etype.__name__}: {value}"]
-
         def set_custom_exc(self, exc_tuple, handler):
             self.exc_tuple, self.handler = exc_tuple, handler
+
+        def showtraceback(self, exc_tuple, tb_offset=None):  # IPython draws _render_traceback_ if there is one
+            etype, value, tb = exc_tuple
+            render = getattr(value, "_render_traceback_", None)
+            self.shown = render() if render else ["Traceback (most recent call last):", f"{etype.__name__}: {value}"]
 
     shell = Shell()
     lab.explain_todos(shell)
     lab.explain_todos(None)  # outside IPython: nothing to do
     assert shell.exc_tuple == (NotImplementedError,)
     todo = error_of(lambda: blanked("sigma_activation", "mdn_dense")(1))
-    assert shell.handler(shell, NotImplementedError, todo, todo.__traceback__) == [lab.todo_message(todo)]
-    other = NotImplementedError("not for this task")
-    assert shell.handler(shell, NotImplementedError, other, None)[0].startswith("Traceback")
+    shell.handler(shell, NotImplementedError, todo, todo.__traceback__)
+    assert shell.shown == [lab.todo_message(todo)]
+    shell.handler(shell, NotImplementedError, NotImplementedError("not for this task"), None)
+    assert shell.shown[0].startswith("Traceback")
