@@ -149,6 +149,20 @@ def test_notebook_runs_in_smoke_mode(path, smoke_env):
     assert path.read_bytes() == stored, f"the smoke run changed {path.name}: it must run in memory"
 
 
+def test_notebook_05_without_real_photos_says_why_it_skips(smoke_env, monkeypatch):
+    # A reader with only the repository: no ../shared/coco_sample, no COCO_ROOT, no MDN_IMAGES.
+    monkeypatch.setenv("MDN_COCO_SAMPLE", "/nonexistent/coco_sample")
+    for name in ("COCO_ROOT", "MDN_IMAGES"):
+        monkeypatch.delenv(name, raising=False)
+    path = next(p for p in NOTEBOOKS if p.name.startswith("05_"))
+    nb = run_notebook(path)
+    said = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            and any("skipped: no real COCO photos here" in o.get("text", "") for o in c.outputs)]
+    needs_photos = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "print(SKIP" in c.source]
+    assert said == needs_photos and len(said) >= 7, (said, needs_photos)
+    assert "https://cocodataset.org/#download" in "".join(o.get("text", "") for o in nb.cells[said[0]].outputs)
+
+
 def test_runner_reports_a_failing_cell(tmp_path, smoke_env):
     # The harness itself: the env var reaches the kernel, the cwd is the notebook's folder,
     # and a failing cell surfaces as an error carrying the cell's exception.
