@@ -10,8 +10,10 @@ Solution regions are marked with nbgrader's comments, `### BEGIN SOLUTION` and
 `### END SOLUTION`, in the modules (and in notebook code cells). The markers are plain
 comments: the project runs unchanged. `build` copies every file git tracks (data,
 runs and checkpoints stay behind), replaces each region by `raise NotImplementedError(...)`
-keeping the region's `# HINT:` comment lines, and writes STUDENT_README.md as the copy's
-README.md (the instructor's README describes the reference solution).
+keeping the region's `# HINT:` comment lines (a notebook cell it blanks also loses its stored
+outputs; the notebooks' setup cell turns that error into one line naming the function, see
+lab.explain_todos), and writes STUDENT_README.md as the copy's README.md (the instructor's
+README describes the reference solution).
 
 `grade` never runs anything from the student's tests/ folder and never lets the student's
 code see the reference: it builds a temporary folder holding the instructor's graded test
@@ -117,6 +119,8 @@ def blank_source(text, where="source"):
 
 
 def blank_notebook(text, where):
+    """blank_source on every code cell; a blanked cell also loses its stored outputs (the
+    reference's answer) and execution count. Other cells keep theirs (the full run's plots)."""
     nb = json.loads(text)
     count = 0
     for cell in nb["cells"]:
@@ -125,6 +129,7 @@ def blank_notebook(text, where):
             if BEGIN in src:
                 new, n = blank_source(src, where)
                 cell["source"] = new.splitlines(keepends=True)
+                cell["outputs"], cell["execution_count"] = [], None
                 count += n
     return json.dumps(nb, indent=1, ensure_ascii=False) + "\n", count
 

@@ -9,12 +9,19 @@
   run_dataset    a split of a run's data as evaluation reads it
   annotations    the annotations a CocoDataset renders for an image (pycocotools' public API)
   skeleton_lines COCO's skeleton edges of one person, for drawing
+  run_record     the first line of every notebook's output: full or smoke run, date, machine
+  todo_message   the one-line message for a function the student copy left blank
+  explain_todos  make IPython show that message instead of a NotImplementedError traceback
 
-Plain Python on the project's modules: no IPython and no plotting here, so the notebooks
-keep their display code and this file can be tested like any other.
+Plain Python on the project's modules: no IPython import and no plotting here, so the
+notebooks keep their display code and this file can be tested like any other.
 """
 import dataclasses
+import datetime
 import json
+import os
+import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -143,3 +150,67 @@ def evaluate_run(ckpt, rows=None, extra_rules=(), flip=False, refine=False, batc
     stats = evaluate_rows(ds.coco, results, rows, net.cfg.task, ds.image_ids)
     return dict(model=net, cfg=net.cfg, train=cfg, ds=ds, results=results, stats=stats,
                 seconds=time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- notebook sessions
+def _cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_record(smoke):
+    """One line naming the run: full or smoke, date, machine, versions. Every notebook's first
+    cell prints it, so committed outputs say where and when they were computed (and
+    tests/test_notebooks.py checks that they come from a full run)."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return (f"{'smoke' if smoke else 'full'} run (MDN_SMOKE={int(smoke)}) on "
+            f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}: {platform.platform()}, {_cpu_name()}, "
+            f"{os.cpu_count()} CPUs{f' (OMP_NUM_THREADS={threads})' if threads else ''}, {gpu}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+TODO = re.compile(r"(\w+): your code here")  # what assignments.blank_source's raise says
+
+
+def todo_message(error, tb=None):
+    """For a NotImplementedError raised by a solution region that the student copy blanked
+    (assignments.blank_source): one line naming the function to write and what to do next.
+    None for any other error. tb: the traceback (default error.__traceback__)."""
+    found = TODO.match(str(error)) if isinstance(error, NotImplementedError) else None
+    tb = tb or error.__traceback__
+    if found is None or tb is None:
+        return None
+    while tb.tb_next is not None:  # the innermost frame: the blanked function itself
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if code.co_name != found.group(1):
+        return None
+    module, name = tb.tb_frame.f_globals.get("__name__", ""), getattr(code, "co_qualname", code.co_name)
+    if module == "__main__":  # an exercise defined in the notebook
+        return f"Stopped: {name} is yours to write. Implement {name} in the cell above (the exercise), then run it again."
+    return (f"Stopped: {module}.{name} is yours to write. Implement {module}.{name} ({module}.py; its docstring "
+            f"gives the shapes and the paper's equations), then restart the kernel and run the notebook again.")
+
+
+def explain_todos(shell):
+    """Make IPython (shell: get_ipython()) show todo_message as the whole error of a cell that
+    reaches a blanked function, in place of the NotImplementedError traceback. The cell still
+    fails, so "Run All" stops there; every other error keeps its usual traceback."""
+    if shell is None:  # not under IPython
+        return
+
+    def handler(shell, etype, value, tb, tb_offset=None):
+        # IPython leaves the display to the handler; showtraceback draws an exception that
+        # carries _render_traceback_ as the lines it returns
+        message = todo_message(value, tb)
+        if message is not None:
+            value._render_traceback_ = lambda: [message]
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+    shell.set_custom_exc((NotImplementedError,), handler)

@@ -7,8 +7,13 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import json
+
+import nbformat
 import pytest
 import torch
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 import assignments as asg
 
@@ -91,6 +96,40 @@ def test_student_copy_fails_blanked_tests_and_passes_after_restoring(built, stud
         shutil.copy2(asg.ROOT / rel, student / rel)
     grades = asg.grade(student)
     assert grades.total == 100 and not grades.failures and not grades.problems, asg.format_grades(grades)
+
+
+def test_blank_notebook_strips_the_outputs_of_blanked_cells_only():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("print(1)", execution_count=1, outputs=[nbformat.v4.new_output("stream", text="1\n")]),
+        nbformat.v4.new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION\nprint(f())",
+                                  execution_count=2, outputs=[nbformat.v4.new_output("stream", text="42\n")])])
+    text, n = asg.blank_notebook(nbformat.writes(nb), "nb.ipynb")
+    kept, blanked = json.loads(text)["cells"]
+    assert n == 1 and "return 42" not in "".join(blanked["source"])
+    assert blanked["outputs"] == [] and blanked["execution_count"] is None
+    assert "".join(kept["outputs"][0]["text"]) == "1\n" and kept["execution_count"] == 1
+
+
+def test_student_notebook_01_stops_at_its_first_function_to_write(built, monkeypatch):
+    """The student copy's notebook 01 runs up to the first call of a blanked function (mdn_nll,
+    in the cell that checks it against torch.distributions) and stops there with one line
+    naming it, not a NotImplementedError traceback; nothing after that cell runs."""
+    student = built[0]
+    for key, value in (("MDN_SMOKE", "1"), ("MPLBACKEND", "Agg"), ("PYTHONDONTWRITEBYTECODE", "1")):
+        monkeypatch.setenv(key, value)
+    path = student / "notebooks" / "01_bimodal_toy.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    with pytest.raises(CellExecutionError):
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    stop = next(i for i, c in enumerate(code) if "md.mdn_nll(" in c.source)
+    errors = [(i, o) for i, c in enumerate(code) for o in c.outputs if o.output_type == "error"]
+    assert [i for i, _ in errors] == [stop], f"errors in code cells {[i for i, _ in errors]}, expected only {stop}"
+    shown = "\n".join(errors[0][1].traceback)  # what Jupyter displays for the error
+    assert shown.startswith("Stopped: mdn_dense.mdn_nll is yours to write. Implement mdn_dense.mdn_nll"), shown
+    assert "Traceback" not in shown and "NotImplementedError" not in shown and len(shown.splitlines()) == 1
+    assert all(c.outputs for c in code[1:stop]) and not any(c.outputs for c in code[stop + 1:])
 
 
 # ----------------------------------------------------------------------------- attacks

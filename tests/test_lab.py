@@ -136,3 +136,61 @@ def test_skeleton_lines_only_annotated_edges():
     assert [(xs.tolist(), ys.tolist()) for xs, ys in lines] == [([1, 3], [2, 4]), ([3, 5], [4, 6])]
     assert (5, 7) in lab.SKELETON and (7, 9) in lab.SKELETON and len(lab.SKELETON) == 19
     assert lab.skeleton_lines(np.zeros(51)) == []
+
+
+# ----------------------------------------------------------------------------- notebook sessions
+def test_run_record_names_the_mode_date_and_machine():
+    full, smoke = lab.run_record(False), lab.run_record(True)
+    assert full.startswith("full run (MDN_SMOKE=0) on 2") and smoke.startswith("smoke run (MDN_SMOKE=1) on 2")
+    assert "CPUs" in full and f"torch {torch.__version__}" in full
+
+
+def blanked(name, module):
+    """A function as the student copy blanks it, defined in a module of that name."""
+    namespace = {"__name__": module}
+    exec(f'def {name}(x):\n    raise NotImplementedError("{name}: your code here (see its docstring)")\n', namespace)
+    return namespace[name]
+
+
+def error_of(call):
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001 - the error itself is the result
+        return e
+
+
+def test_todo_message_names_the_module_function_or_the_exercise():
+    message = lab.todo_message(error_of(lambda: blanked("mdn_nll", "mdn_dense")(1)))
+    assert message.startswith("Stopped: mdn_dense.mdn_nll is yours to write. Implement mdn_dense.mdn_nll (mdn_dense.py")
+    assert "restart the kernel" in message
+    exercise = lab.todo_message(error_of(lambda: blanked("my_peak_mask", "__main__")(1)))
+    assert exercise.startswith("Stopped: my_peak_mask is yours to write") and "in the cell above" in exercise
+    # other errors keep their traceback: a plain NotImplementedError, another error, a message that
+    # does not come from the function that raised it
+    assert lab.todo_message(error_of(lambda: [][1])) is None
+    assert lab.todo_message(NotImplementedError("flip for this task")) is None
+
+    def wrapper():
+        raise NotImplementedError("mdn_nll: your code here")
+    assert lab.todo_message(error_of(wrapper)) is None
+
+
+def test_explain_todos_replaces_only_the_todo_traceback():
+    class Shell:  # what explain_todos uses of IPython's InteractiveShell
+        def set_custom_exc(self, exc_tuple, handler):
+            self.exc_tuple, self.handler = exc_tuple, handler
+
+        def showtraceback(self, exc_tuple, tb_offset=None):  # IPython draws _render_traceback_ if there is one
+            etype, value, tb = exc_tuple
+            render = getattr(value, "_render_traceback_", None)
+            self.shown = render() if render else ["Traceback (most recent call last):", f"{etype.__name__}: {value}"]
+
+    shell = Shell()
+    lab.explain_todos(shell)
+    lab.explain_todos(None)  # outside IPython: nothing to do
+    assert shell.exc_tuple == (NotImplementedError,)
+    todo = error_of(lambda: blanked("sigma_activation", "mdn_dense")(1))
+    shell.handler(shell, NotImplementedError, todo, todo.__traceback__)
+    assert shell.shown == [lab.todo_message(todo)]
+    shell.handler(shell, NotImplementedError, NotImplementedError("not for this task"), None)
+    assert shell.shown[0].startswith("Traceback")
