@@ -173,16 +173,17 @@ def compare(ref, got, stride=4):
     for b in range(ref["scores"].shape[0]):
         r, g = np.flatnonzero(ref["scores"][b] > 0), np.flatnonzero(got["scores"][b] > 0)
         rep["same_count"] &= len(r) == len(g)
-        free, pairs = set(g.tolist()), []
-        for i in r:   # each reference detection -> the same detection in `got`, if any
-            d = np.abs(got["centers"][b, list(free)] - ref["centers"][b, i]).max(-1) if free else np.zeros(0)
-            hits = [j for j, dj in zip(free, d) if dj < MATCH_PX and got["classes"][b, j] == ref["classes"][b, i]]
+        near = np.abs(ref["centers"][b, r][:, None] - got["centers"][b, g][None]).max(-1) < MATCH_PX
+        same = near & (ref["classes"][b, r][:, None] == got["classes"][b, g][None])   # (len(r), len(g))
+        free, pairs = set(range(len(g))), []
+        for a, i in enumerate(r):   # each reference detection -> the same detection in `got`, if any
+            hits = [c for c in np.flatnonzero(same[a]) if c in free]
             if not hits:
                 rep["same_set"] = False
                 continue
-            j = min(hits, key=lambda j: abs(j - i))
-            free.discard(j)
-            pairs.append((i, j))
+            c = min(hits, key=lambda c: abs(g[c] - i))
+            free.discard(c)
+            pairs.append((i, g[c]))
         rep["same_set"] &= not free
         rep["same_order"] &= rep["same_set"] and all(i == j for i, j in pairs)
         if not pairs:

@@ -133,6 +133,28 @@ def test_dynamic_graph_takes_other_batches_and_shapes(checkpoints, tmp_path):
         assert_same_detections(ref, got)
 
 
+def test_compare_tells_order_set_and_component_changes():
+    """export.compare, which the command's printout rests on, on hand-made decodings."""
+    g = np.random.default_rng(0)
+    ref = dict(scores=np.array([[0.9, 0.8, 0.7, 0.0]]), classes=np.array([[0, 1, 0, 0]]),
+               component=np.array([[0, 2, 1, 0]]), centers=g.uniform(0, 30, (1, 4, 2)),
+               boxes=g.uniform(0, 30, (1, 4, 4)), alpha=np.ones((1, 4)), sigma=np.ones((1, 4, 2)))
+    swap = lambda d, i, j: {k: v[:, [j if n == i else i if n == j else n for n in range(4)]] for k, v in d.items()}
+    assert all(export.compare(ref, ref)[k] for k in ("same_set", "same_order", "same_components"))
+    swapped = export.compare(ref, swap(ref, 0, 1))
+    assert swapped["same_set"] and not swapped["same_order"] and swapped["same_components"]
+    padding = dict(ref, centers=ref["centers"].copy())
+    padding["centers"][0, 3] += 5                  # a score-0 row: padding, not a detection
+    assert export.compare(ref, padding)["same_order"]
+    moved = dict(ref, centers=ref["centers"].copy())
+    moved["centers"][0, 2] += 0.5
+    assert not export.compare(ref, moved)["same_set"]
+    other = dict(ref, component=np.array([[0, 2, 0, 0]]))
+    assert not export.compare(ref, other)["same_components"]
+    shifted = dict(ref, boxes=ref["boxes"] + 0.01)
+    assert abs(export.compare(ref, shifted)["box_px"] - 0.04) < 1e-9   # input px = 4 x output px
+
+
 def test_foreign_checkpoint_and_bad_size_are_clear_errors(checkpoints, tmp_path):
     bad = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, bad)
