@@ -118,7 +118,12 @@ class Heads(nn.ModuleDict):
     def forward(self, x):
         out = {}
         for name, head in self.items():
-            y = head(x)                                                # (B, ch, H, W)
+            hidden = head[1](head[0](x))                               # (B, head_conv, H, W)
+            # The last 1x1 conv in float32 even under bf16 autocast: the joint offsets feed
+            # the NLL with per-joint stds of a fraction of a pixel (sigma * k_j), and bf16
+            # keeps 8 bits of an offset of ~30 px (steps of 0.125 px).
+            with torch.autocast(x.device.type, enabled=False):
+                y = head[2](hidden.float())                            # (B, ch, H, W)
             if name in self.groups:
                 out.update(zip(self.groups[name], y.split(list(self.groups[name].values()), 1)))
             else:

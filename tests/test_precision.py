@@ -54,3 +54,16 @@ def test_one_step_in_bf16_matches_fp32(task, tmp_path):
     rel = [abs(b - a) / abs(a) for a, b in zip(losses["fp32"], losses["bf16"])]
     print(f"\n{task}: fp32 {losses['fp32']}, bf16 {losses['bf16']}, relative {rel}")
     assert max(rel) < 0.02, losses
+
+
+def test_heads_emit_float32_under_bf16_autocast():
+    """The last 1x1 conv of every head runs in float32 (model.Heads): under bf16 the joint
+    offsets would be rounded to 1/8 px at 30 px, against per-joint stds below a pixel."""
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(task="pose", m=3)).eval()
+    torch.nn.init.constant_(net.heads[0]["hps"][2].bias, 29.99)       # offsets near 30 px
+    with torch.no_grad(), px.autocast(torch.device("cpu"), "bf16"):
+        out = net(torch.randn(1, 3, 64, 64))[-1]
+    assert all(v.dtype == torch.float32 for v in out.values()), {k: v.dtype for k, v in out.items()}
+    hps = out["hps"]
+    assert (hps - hps.to(torch.bfloat16).float()).abs().max() > 1e-3   # finer than bf16 can hold there
