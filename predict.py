@@ -103,7 +103,7 @@ def parse_args(argv=None):
     p.add_argument("--no-pictures", action="store_true", help="write predictions.json only")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--precision", choices=px.PRECISIONS, default="auto",
-                   help="auto (default): bf16 where the hardware computes it natively, else fp32")
+                   help="auto (default): bf16 on a CUDA GPU, fp32 on the CPU")
     return p.parse_args(argv)
 
 

@@ -61,7 +61,7 @@ class TrainConfig:
     max_images: int = 0
     init: str = ""
     oks_sigmas: list | None = None  # per-joint OKS sigmas (pycocotools' convention) when the data has none
-    precision: str = "auto"         # auto | fp32 | bf16 (precision.py)
+    precision: str = "fp32"         # fp32 | bf16: what --precision resolved to here (precision.py)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -353,9 +353,9 @@ def parse_args(argv=None):
     r.add_argument("--eval-every", type=non_negative(int), default=0, help="also evaluate every N epochs (default 0: only at the end)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
     r.add_argument("--precision", choices=px.PRECISIONS, default="auto",
-                   help="auto (default): bf16 autocast + channels_last where the hardware computes bf16 natively "
-                        "(CUDA, CPUs with AVX512-BF16 / AMX), fp32 elsewhere; the run's first line says which. "
-                        "Losses are float32 in every case")
+                   help="auto (default): bf16 autocast + channels_last on a CUDA GPU, fp32 on the CPU; bf16 on a CPU "
+                        "with AVX512-BF16 / AMX is 2-3x faster per epoch but cost MDN_3 accuracy (RESULTS.md). "
+                        "The run's first line says which. Losses are float32 in every case")
     r.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: torch's choice, one per core). On a CPU "
                                                          "shared with other busy processes use 1: OpenMP threads waiting on each "
                                                          "other then slowed training here 10-40x")
@@ -402,7 +402,9 @@ def config_from_args(args):
                       warmup=args.warmup if args.warmup is not None else preset.get("warmup", 0.0),
                       flip_prob=flip_prob, workers=args.workers, seed=args.seed,
                       out=args.out or str(next_run_folder(f"runs/{args.task}_m{args.m}", args.resume)),
-                      eval_every=args.eval_every, precision=args.precision,
+                      eval_every=args.eval_every,
+                      # resolved here, so a checkpoint says what it was trained in (auto may differ elsewhere)
+                      precision=px.resolve(args.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu")),
                       compile=args.compile, max_images=args.max_images, init=args.init or "",
                       oks_sigmas=args.oks_sigmas)
     multiple = ARCHS[arch][2]
