@@ -38,7 +38,6 @@ AWAITING_FULL_RUN = {
                                 "2026-12-01; run `python notebooks/run_all.py 03` (about 20 min each)",
     "04_pose_modes.ipynb": "its two pose runs were trained in bf16 on 2026-12-01, before --precision auto "
                            "became fp32 on the CPU; run `python notebooks/run_all.py 04` (about 15 min)",
-    "05_full_coco.ipynb": "full run pending (it uses notebook 04's network); run `python notebooks/run_all.py 05`",
 }
 
 
