@@ -19,14 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
 import plots
 import precision as px
-from coco_data import BadImageError, letterbox, read_image
+from coco_data import STRIDE, BadImageError, invert_affine, letterbox, read_image
 from evaluate import Inference, decode_results, network_forward
 from model import load_model
 
@@ -67,8 +66,7 @@ def frames(path):
 def as_batch(image, size, image_id):
     """One image as a batch of one, exactly as CocoDataset gives an evaluation sample."""
     inp, img2in = letterbox(image, size)
-    img2out = img2in / 4
-    out2img = np.linalg.inv(np.vstack([img2out, [0, 0, 1]]))[:2]      # (2, 3) output map -> image
+    out2img = invert_affine(img2in / STRIDE)                           # (2, 3) output map -> image
     return {"input": inp[None], "out2img": torch.from_numpy(out2img)[None], "image_id": torch.tensor([image_id])}
 
 
@@ -135,9 +133,9 @@ def main(argv=None):
         try:
             for name, image in frames(path):
                 n += 1
+                batch = as_batch(image, size, n)
                 with torch.no_grad():
-                    res = decode_results(forward(as_batch(image, size, n)), as_batch(image, size, n),
-                                         info["cat_ids"], "max", args.topk, args.refine)
+                    res = decode_results(forward(batch), batch, info["cat_ids"], "max", args.topk, args.refine)
                 res = [dict(r, file_name=str(path), frame=name) for r in res if r["score"] >= args.score_thresh]
                 kept += res
                 if not args.no_pictures:
