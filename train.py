@@ -53,6 +53,7 @@ class TrainConfig:
     warmup: float = 0.0             # epochs of linear warm-up
     loss_weights: dict = field(default_factory=dict)
     flip_prob: float = 0.5
+    augment: bool = True           # False: every epoch the same letterboxed images (overfit checks)
     workers: int = 0
     seed: int = 0
     out: str = "runs/pose_m3"
@@ -87,8 +88,11 @@ def test_dataset(cfg, task):
 
 
 def datasets(cfg, task):
+    # --no-augment: the training transform reduced to the letterbox evaluation uses (scale
+    # max(h, w) at the image centre, no flip, no colour), so a run can fit its images exactly.
+    fixed = {} if cfg.augment else dict(scales=(1.0,), random_center=False, color_aug=False)
     train = CocoDataset(cfg.ann, cfg.images, task, train=True, input_size=cfg.input_size,
-                        flip_prob=cfg.flip_prob, oks_sigmas=cfg.oks_sigmas)
+                        flip_prob=cfg.flip_prob if cfg.augment else 0.0, oks_sigmas=cfg.oks_sigmas, **fixed)
     val = CocoDataset(cfg.val_ann, cfg.val_images, task, train=False, input_size=cfg.input_size,
                       oks_sigmas=cfg.oks_sigmas)
     for ds in (train, val):
@@ -336,6 +340,9 @@ def parse_args(argv=None):
                    help="probability of the horizontal-flip augmentation. Default 0.5 (CenterNet's), but 0 "
                         "on the synthetic demo pose set: its figures colour-code the sides (left limbs warm), "
                         "so a mirrored figure is one the generator never draws. Pass 0 for other figure sets given with --ann")
+    a.add_argument("--no-augment", action="store_true",
+                   help="train on the letterboxed images as evaluated (no random scale, centre, flip or colour): "
+                        "the 'overfit a small set first' check, e.g. on the real sample")
     l = p.add_argument_group("loss (defaults: the paper's / official values)")
     l.add_argument("--sigma-floor", type=non_negative(float), help="sigma > floor (§4.2); default: the official value, "
                                                                    "9 for pose, 1 for det (0 for hourglass104 det); official mdn_min_sigma = floor + 1")
@@ -400,7 +407,7 @@ def config_from_args(args):
                       lr=pick(args.lr, "lr"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
                       lr_schedule=args.lr_schedule or preset.get("lr_schedule", "step"),
                       warmup=args.warmup if args.warmup is not None else preset.get("warmup", 0.0),
-                      flip_prob=flip_prob, workers=args.workers, seed=args.seed,
+                      flip_prob=flip_prob, augment=not args.no_augment, workers=args.workers, seed=args.seed,
                       out=args.out or str(next_run_folder(f"runs/{args.task}_m{args.m}", args.resume)),
                       eval_every=args.eval_every,
                       # resolved here, so a checkpoint says what it was trained in (auto may differ elsewhere)

@@ -82,6 +82,22 @@ def test_flip_is_off_by_default_only_on_the_synthetic_figures(tiny_pose, monkeyp
         cfg("--flip-prob", "2")
 
 
+def test_no_augment_trains_on_exactly_the_evaluated_inputs(tiny_pose):
+    """--no-augment (the overfit check): each training item equals the validation item of the
+    same image, input and every target, whatever the RNG; with augmentation they differ."""
+    argv = ["--task", "pose", "--ann", tiny_pose[0], "--images", tiny_pose[1], "--arch", "small_dla", "--input-size", "64"]
+    for augment in (False, True):
+        cfg = train.config_from_args(train.parse_args(argv + ([] if augment else ["--no-augment"])))[1]
+        assert cfg.augment is augment
+        tr, va = train.datasets(cfg, "pose")[:2]
+        torch.manual_seed(1)
+        same = []
+        for i in range(4):
+            a, b = tr[i], va[va.image_ids.index(tr.image_ids[i])]
+            same.append(all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k])))
+        assert all(same) if not augment else not any(same), (augment, same)
+
+
 def test_a_flipped_figure_contradicts_its_colour_coded_sides(tmp_path):
     """Why train.py does not flip-augment the synthetic figures by default: read through the
     training pipeline (CocoDataset's input and hps targets), the forearm labelled left is
