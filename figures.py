@@ -7,6 +7,11 @@ writes, from the runs' logs and checkpoints:
                    (the runs need --eval-every to have more than the last point)
   predictions.png  Fig. 5: test-split images with the MDN_M run's predictions coloured by
                    mixture component, pose with each joint's 1-std ellipse
+
+    python figures.py --overfit runs/overfit/pose_s256 runs/overfit/det_s256 --out docs
+
+writes overfit.png instead: the training-split AP per epoch and per minute of the
+"overfit a small set first" runs (train.py --no-augment on the real sample, RESULTS.md).
 """
 import argparse
 import json
@@ -27,13 +32,28 @@ def history(run):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mdn", required=True, help="an MDN run folder (with ckpt.pt and log.jsonl)")
+    p.add_argument("--mdn", help="an MDN run folder (with ckpt.pt and log.jsonl)")
     p.add_argument("--base", help="the single-mode base run folder to compare with in Fig. 4")
     p.add_argument("--out", default="docs", help="output folder (default docs)")
     p.add_argument("--examples", type=int, default=3, help="images in predictions.png (default 3)")
+    p.add_argument("--overfit", nargs="+", metavar="RUN", help="instead: overfit.png from these run folders' logs "
+                                                               "(their validation split is their training split)")
     args = p.parse_args(argv)
+    if not (args.mdn or args.overfit):
+        p.error("give --mdn RUN (Figs. 4 and 5) or --overfit RUN [RUN ...]")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.overfit:
+        runs = {}
+        for run in args.overfit:
+            cfg = json.loads((Path(run) / "config.json").read_text())
+            n = len(json.loads(Path(cfg["train"]["ann"]).read_text())["images"])
+            task = cfg["model"]["task"]
+            runs[f"{task} ({'keypoint' if task == 'pose' else 'box'} AP), {n} images, "
+                 f"{cfg['train']['input_size']} px"] = history(run)
+        print("wrote", plots.convergence(runs, out / "overfit.png", "overfit the real sample (--no-augment)",
+                                             split="training images"))
+        return
     model, state = load_model(Path(args.mdn) / "ckpt.pt")
     runs = {f"MDN_{model.cfg.m}": history(args.mdn)}
     if args.base:

@@ -157,10 +157,10 @@ def plot_history(history, path, title=""):
     fig.savefig(path, dpi=100)
 
 
-def convergence(runs, path, title="Fig. 4: convergence"):
+def convergence(runs, path, title="Fig. 4: convergence", split="validation"):
     """The paper's Fig. 4 from train.py logs: validation AP against the epoch and against the
     wall time, one line per run. runs: {label: history (the log.jsonl lines)}; only epochs
-    that were evaluated (--eval-every) have an AP."""
+    that were evaluated (--eval-every) have an AP. split names the evaluated split on the axes."""
     fig = Figure(figsize=(10, 3.6))
     by_epoch, by_time = fig.subplots(1, 2)
     for label, history in runs.items():
@@ -170,8 +170,8 @@ def convergence(runs, path, title="Fig. 4: convergence"):
             e, t, ap = zip(*done)
             line, = by_epoch.plot(e, ap, "o-", label=label)
             by_time.plot(t, ap, "o-", color=line.get_color(), label=label)
-    by_epoch.set(xlabel="epoch", ylabel="COCO AP (validation)", ylim=(0, 1), title=title)
-    by_time.set(xlabel="training time (min, evaluation excluded)", ylabel="COCO AP (validation)", ylim=(0, 1))
+    by_epoch.set(xlabel="epoch", ylabel=f"COCO AP ({split})", ylim=(0, 1), title=title)
+    by_time.set(xlabel="training time (min, evaluation excluded)", ylabel=f"COCO AP ({split})", ylim=(0, 1))
     for ax in (by_epoch, by_time):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

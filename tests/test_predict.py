@@ -75,3 +75,13 @@ def test_figures_draws_fig4_and_fig5_from_a_run(run, tmp_path):
     figures.main(["--mdn", str(ckpt.parent), "--base", str(ckpt.parent), "--out", str(tmp_path), "--examples", "2"])
     for name in ("convergence.png", "predictions.png"):
         assert (tmp_path / name).stat().st_size > 10_000, name
+
+
+def test_figures_overfit_draws_the_runs_given_and_nothing_else(run, tmp_path):
+    import figures
+    ckpt, _, _ = run
+    figures.main(["--overfit", str(ckpt.parent), "--out", str(tmp_path)])
+    assert (tmp_path / "overfit.png").stat().st_size > 10_000
+    assert not (tmp_path / "predictions.png").exists()
+    with pytest.raises(SystemExit):
+        figures.main(["--out", str(tmp_path)])          # neither --mdn nor --overfit
