@@ -33,12 +33,7 @@ FULL_RUN = re.compile(r"^full run \(MDN_SMOKE=0\) on \d{4}-\d\d-\d\d \d\d:\d\d\b
 BLANKED = re.compile(r"raise NotImplementedError\(\"\w+: your code here")  # a cell the student copy blanked
 # Notebooks whose full run is still to be made, with the reason; each must then be committed
 # with no outputs at all (never half a run, never a smoke run), and leaves this list once run.
-AWAITING_FULL_RUN = {
-    "03_detection_modes.ipynb": "its two 20-epoch detection trainings did not fit the shared CPU on "
-                                "2026-12-01; run `python notebooks/run_all.py 03` (about 20 min each)",
-    "04_pose_modes.ipynb": "its two pose runs were trained in bf16 on 2026-12-01, before --precision auto "
-                           "became fp32 on the CPU; run `python notebooks/run_all.py 04` (about 15 min)",
-}
+AWAITING_FULL_RUN = {}    # notebook name -> why it is committed without outputs (none now)
 
 
 def committed_run_problems(nb):
