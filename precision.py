@@ -2,8 +2,8 @@
 
 `--precision auto` (the default of train.py, evaluate.py and predict.py) is bf16 autocast
 with channels_last memory on a CUDA GPU with bf16 support and **fp32 on the CPU**.
-`--precision bf16` on a CPU with AVX512-BF16 or AMX-BF16 (cpu_has_native_bf16) is 2-3x
-faster per epoch there, but it is opt-in: measured on the 2-core dev machine (RESULTS.md,
+`--precision bf16` on a CPU with AVX512-BF16 or AMX-BF16 (cpu_has_native_bf16) is about
+1.4x faster per train step there (bench.py, small_dla pose), but it is opt-in: measured on the 2-core dev machine (RESULTS.md,
 2026-12-01, one seed each), 20 epochs of MDN_3 pose reached 48.3 val AP in fp32 and 39.1 in
 bf16 (41.2 once the heads' last layers ran in float32), while the L1 base was the same in
 both. On CUDA the same question is open (not measured: no GPU in that session). The losses

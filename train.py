@@ -90,9 +90,10 @@ def test_dataset(cfg, task):
 def datasets(cfg, task):
     # --no-augment: the training transform reduced to the letterbox evaluation uses (scale
     # max(h, w) at the image centre, no flip, no colour), so a run can fit its images exactly.
-    fixed = {} if cfg.augment else dict(scales=(1.0,), random_center=False, color_aug=False)
+    augmentation = (dict(flip_prob=cfg.flip_prob) if cfg.augment else
+                    dict(scales=(1.0,), random_center=False, flip_prob=0.0, color_aug=False))
     train = CocoDataset(cfg.ann, cfg.images, task, train=True, input_size=cfg.input_size,
-                        flip_prob=cfg.flip_prob if cfg.augment else 0.0, oks_sigmas=cfg.oks_sigmas, **fixed)
+                        oks_sigmas=cfg.oks_sigmas, **augmentation)
     val = CocoDataset(cfg.val_ann, cfg.val_images, task, train=False, input_size=cfg.input_size,
                       oks_sigmas=cfg.oks_sigmas)
     for ds in (train, val):
@@ -361,7 +362,7 @@ def parse_args(argv=None):
     r.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
     r.add_argument("--precision", choices=px.PRECISIONS, default="auto",
                    help="auto (default): bf16 autocast + channels_last on a CUDA GPU, fp32 on the CPU; bf16 on a CPU "
-                        "with AVX512-BF16 / AMX is 2-3x faster per epoch but cost MDN_3 accuracy (RESULTS.md). "
+                        "with AVX512-BF16 / AMX is about 1.4x faster per train step (bench.py) but cost MDN_3 accuracy (RESULTS.md). "
                         "The run's first line says which. Losses are float32 in every case")
     r.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: torch's choice, one per core). On a CPU "
                                                          "shared with other busy processes use 1: OpenMP threads waiting on each "

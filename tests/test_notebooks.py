@@ -31,9 +31,6 @@ CELL_TIMEOUT_S = 300  # per cell; a smoke notebook should take well under a minu
 RUN_ALL = "python notebooks/run_all.py"
 FULL_RUN = re.compile(r"^full run \(MDN_SMOKE=0\) on \d{4}-\d\d-\d\d \d\d:\d\d\b.*\d+ CPUs", re.M)
 BLANKED = re.compile(r"raise NotImplementedError\(\"\w+: your code here")  # a cell the student copy blanked
-# Notebooks whose full run is still to be made, with the reason; each must then be committed
-# with no outputs at all (never half a run, never a smoke run), and leaves this list once run.
-AWAITING_FULL_RUN = {}    # notebook name -> why it is committed without outputs (none now)
 
 
 def committed_run_problems(nb):
@@ -74,17 +71,12 @@ def test_notebooks_exist():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_outputs_hold_no_error(path):
-    if path.name in AWAITING_FULL_RUN:
-        nb = nbformat.read(path, as_version=4)
-        stored = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count"))]
-        assert not stored, f"{path.name} awaits a full run ({AWAITING_FULL_RUN[path.name]}) but stores outputs in cells {stored}"
-        return
     problems = committed_run_problems(nbformat.read(path, as_version=4))
     errors = [p for p in problems if "no outputs" in p[1] or "error output" in p[1]]
     assert not errors, f"{path.name}: " + "; ".join(f"cell {i}: {why}" if i is not None else why for i, why in errors)
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name not in AWAITING_FULL_RUN], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_outputs_come_from_a_full_run(path):
     problems = committed_run_problems(nbformat.read(path, as_version=4))
     assert not problems, (f"{path.name}: " + "; ".join(f"cell {i}: {why}" if i is not None else why for i, why in problems)
