@@ -50,6 +50,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import zlib
 from pathlib import Path
 
@@ -432,7 +433,9 @@ def make_dataset(root, task, split, num_images, image_size=128, seed=0, **params
         return str(ann_file), str(image_dir)
     image_dir.mkdir(parents=True, exist_ok=True)
     images, anns = [], []
-    for i in tqdm(range(num_images), desc=f"synthetic {task}/{split}", unit="img"):
+    # a bar on a terminal; in a log file, CI or a notebook its redraws would pile up: one line instead
+    tty = sys.stderr.isatty()
+    for i in tqdm(range(num_images), desc=f"synthetic {task}/{split}", unit="img", disable=not tty):
         img, objs = RENDERERS[task](_image_rng(seed, task, split, i), image_size, p)
         file_name = f"{i:06d}.jpg"
         img.save(image_dir / file_name, quality=JPEG_QUALITY, subsampling=0)
@@ -442,6 +445,8 @@ def make_dataset(root, task, split, num_images, image_size=128, seed=0, **params
     info = dict(description=f"synthetic {task} ({split}), synthetic_coco.py", **key)
     _write_json_atomic(ann_file, dict(info=info, licenses=[], images=images, annotations=anns,
                                       categories=categories(task)))
+    if not tty:
+        print(f"synthetic {task}/{split}: {num_images} images in {folder}", file=sys.stderr)
     return str(ann_file), str(image_dir)
 
 

@@ -192,3 +192,13 @@ def _evaluate(ann_file, iou_type):
 def test_ground_truth_as_detections_scores_ap_one(tmp_path, task, iou_type):
     ann_file, _ = sc.make_dataset(tmp_path, task, "val", 12)
     assert _evaluate(ann_file, iou_type) == pytest.approx(1.0)
+
+
+def test_generation_logs_one_line_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    """In a log file, CI or a notebook tqdm's carriage-return redraws would pile up (issue #13):
+    there the generator prints one line per split and no bar; a second call (the cache) prints nothing."""
+    sc.make_dataset(tmp_path, "shapes", "val", 6)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("\n") == 1 and "shapes/val: 6 images in" in err, repr(err)
+    sc.make_dataset(tmp_path, "shapes", "val", 6)
+    assert capsys.readouterr().err == ""
