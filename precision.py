@@ -3,12 +3,13 @@
 `--precision auto` (the default of train.py, evaluate.py and predict.py) is bf16 autocast
 with channels_last memory on a CUDA GPU with bf16 support and **fp32 on the CPU**.
 `--precision bf16` on a CPU with AVX512-BF16 or AMX-BF16 (cpu_has_native_bf16) is about
-1.4x faster per train step there (bench.py, small_dla pose), but it is opt-in: measured on the 2-core dev machine (RESULTS.md,
-2026-12-01, one seed each), 20 epochs of MDN_3 pose reached 48.3 val AP in fp32 and 39.1 in
-bf16 (41.2 once the heads' last layers ran in float32), while the L1 base was the same in
-both. On CUDA the same question is open (not measured: no GPU in that session). The losses
-stay in float32 whatever the network runs in (mdn_dense computes them outside autocast),
-and every head's last layer runs in float32 (model.Heads).
+1.4x faster per train step there (bench.py, small_dla pose), but it is opt-in: measured on the
+2-core dev machine (RESULTS.md, 2026-12-01, three seeds of 20 epochs each), bf16 gave pose
+MDN_3 and both L1 bases the same test AP as fp32 within the seed spread (pose MDN_3 42.4 +- 3.1
+against 41.7 +- 2.6), but cost detection MDN_3 5.3 AP (34.4 +- 2.8 against 39.7 +- 4.3). On
+CUDA the same question is open (not measured: no GPU in these sessions). The losses stay
+in float32 whatever the network runs in (mdn_dense computes them outside autocast), and
+every head's last layer runs in float32 (model.Heads).
 """
 import contextlib
 from pathlib import Path
@@ -37,7 +38,7 @@ def resolve(precision, device):
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "fp32"   # bf16 on the CPU is opt-in: it cost MDN_3 accuracy (see the docstring)
+    return "fp32"   # bf16 on the CPU is opt-in: it cost det MDN_3 accuracy (see the docstring)
 
 
 def autocast(device, precision):

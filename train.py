@@ -362,7 +362,8 @@ def parse_args(argv=None):
     r.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
     r.add_argument("--precision", choices=px.PRECISIONS, default="auto",
                    help="auto (default): bf16 autocast + channels_last on a CUDA GPU, fp32 on the CPU; bf16 on a CPU "
-                        "with AVX512-BF16 / AMX is about 1.4x faster per train step (bench.py) but cost MDN_3 accuracy (RESULTS.md). "
+                        "with AVX512-BF16 / AMX is about 1.4x faster per train step (bench.py); it kept pose's AP but cost det MDN_3 5 AP "
+                        "over three seeds (RESULTS.md). "
                         "The run's first line says which. Losses are float32 in every case")
     r.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: torch's choice, one per core). On a CPU "
                                                          "shared with other busy processes use 1: OpenMP threads waiting on each "
