@@ -55,6 +55,7 @@ def memory_format(precision):
 
 def describe(device, precision):
     """One line for a run's first output: where and in what it runs."""
+    n = torch.get_num_threads()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU, {torch.get_num_threads()} threads{', native bf16' if cpu_has_native_bf16() else ''}"
+        f"CPU, {n} thread{'s' * (n != 1)}{', native bf16' if cpu_has_native_bf16() else ''}"
     return f"{device.type} ({where}), {precision}" + (" autocast + channels_last" if precision == "bf16" else "")
