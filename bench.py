@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import mdn_dense as md
 from decode import decode
-import precision as px
+from util import precision as px
 from model import ModelConfig, build_model, default_sigma_floor, head_channels
 
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"

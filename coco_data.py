@@ -61,11 +61,13 @@ from annotations import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, flip_index, l
 
 STRIDE = 4                                  # output map = input / 4
 MAX_OBJS = {"det": 128, "pose": 32}
-TRAIN_SCALES = tuple(np.arange(0.6, 1.4, 0.1))  # official: s *= choice(0.6, 0.7, ..., 1.3)
+# official: s *= choice(np.arange(0.6, 1.4, 0.1)); written out because arange gives 0.7999999999999999,
+# which moves a joint that lies exactly on a cell boundary into the neighbouring cell
+TRAIN_SCALES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 # CenterNet's COCO statistics, official BGR values reversed to RGB.
 MEAN_RGB = np.array([0.47026115, 0.44719302, 0.40789654], np.float32)
 STD_RGB = np.array([0.27809835, 0.27408164, 0.28863828], np.float32)
-EIG_VAL = np.array([0.2141788, 0.01817699, 0.00459066], np.float32)
+EIG_VAL = np.array([0.2141788, 0.01817699, 0.00341571], np.float32)   # CenterNet's _eig_val
 EIG_VEC_RGB = np.array([[-0.56089297, 0.71832671, 0.41158938],   # rows: R, G, B
                         [-0.5832747, 0.00994535, -0.81221408],
                         [-0.58752847, -0.69563484, 0.41340352]], np.float32)

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import analysis
-import calibration
-import plots
-import precision as px
-import uncertainty
+from analysis import components as analysis
+from analysis import calibration
+from analysis import plots
+from util import precision as px
+from analysis import uncertainty
 from annotations import dataset_paths
 from coco_data import STRIDE, CocoDataset, apply_affine
 from coco_eval import coco_evaluate, to_coco_results

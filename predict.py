@@ -23,8 +23,8 @@ import torch
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-import plots
-import precision as px
+from analysis import plots
+from util import precision as px
 from coco_data import STRIDE, BadImageError, invert_affine, letterbox, read_image
 from evaluate import Inference, decode_results, network_forward
 from model import load_model

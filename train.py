@@ -30,10 +30,10 @@ from annotations import dataset_paths
 from coco_data import CocoDataset
 from evaluate import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
-import precision as px
-from recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
-from plots import plot_history
-from rundir import RunLock, init_from, next_run_folder, resume_state, save_run
+from util import precision as px
+from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
+from analysis.plots import plot_history
+from util.rundir import RunLock, init_from, next_run_folder, resume_state, save_run
 
 @dataclass
 class TrainConfig:

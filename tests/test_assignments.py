@@ -15,7 +15,7 @@ import torch
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-import assignments as asg
+from course import assignments as asg
 
 INDEPENDENT = ["tests/test_mdn_dense.py::test_focal_loss_matches_slow_loop",
                "tests/test_model.py::test_official_sigma_floor_per_backbone",
@@ -80,7 +80,7 @@ def test_student_copy_fails_blanked_tests_and_passes_after_restoring(built, stud
     assert blanked["mdn_dense.py"] >= 3 and blanked["decode.py"] >= 4 and blanked["coco_data.py"] >= 1
     assert "### BEGIN SOLUTION" not in (student / "mdn_dense.py").read_text()
     readme = (student / "README.md").read_text()
-    assert readme == (asg.ROOT / asg.STUDENT_README).read_text() and not (student / asg.STUDENT_README).exists()
+    assert readme == (asg.HERE / asg.STUDENT_README).read_text() and not (student / asg.STUDENT_README).exists()
     assert "for instructors" not in readme and "reference solution" not in readme
     assert len(readme.splitlines()) <= 50
     grades = asg.grade(student)

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
-import precision as px
+from util import precision as px
 import mdn_dense as md
 from model import ModelConfig, build_model
 

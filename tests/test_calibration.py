@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import calibration as cal
+from analysis import calibration as cal
 
 
 def binomial_bound(p, n):

@@ -269,6 +269,27 @@ def test_color_matrix_equals_sequential_official_jitter():
     assert np.allclose(x @ P0.T + q0, (x / 255 - cd.MEAN_RGB) / cd.STD_RGB, atol=1e-5)
 
 
+def test_augmentation_constants_are_centernets():
+    # CenterNet's _eig_val / _eig_vec (BGR rows reversed): the lighting noise of the colour augmentation
+    assert cd.EIG_VAL.tolist() == pytest.approx([0.2141788, 0.01817699, 0.00341571], abs=1e-8)
+    # the crop scales 0.6 .. 1.3 in steps of 0.1, each the exact decimal (np.arange's 0.7999999999999999
+    # would move a joint lying on a cell boundary into the neighbouring cell)
+    assert cd.TRAIN_SCALES == tuple(round(0.6 + 0.1 * i, 1) for i in range(8))
+    for s in cd.TRAIN_SCALES:
+        assert s == float(f"{s:.1f}")
+
+
+def test_unit_crop_scale_keeps_every_joint_in_its_cell():
+    # the crop scale 1.0 must be the identity warp: with np.arange's 0.9999999999999999, 12 of the 256
+    # half-pixel positions of a 128 px image (those on a cell's lower edge) went to the cell below
+    s = [s for s in cd.TRAIN_SCALES if round(s, 6) == 1.0]
+    assert s == [1.0]
+    A = cd.affine_matrix(np.array([64.0, 64.0]), 128 * s[0], 128)
+    x = np.arange(0, 128, 0.5)
+    got = cd.apply_affine(np.stack([x, x], 1), A)
+    assert (np.floor(got / cd.STRIDE) == np.floor(np.stack([x, x], 1) / cd.STRIDE)).all()
+
+
 # ----------------------------------------------------------------------------- round trips
 def tiny_dataset(tmp_path):
     images = [dict(id=7, file_name="a.png", width=160, height=120),

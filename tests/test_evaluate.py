@@ -14,7 +14,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-import analysis
+from analysis import components as analysis
 import evaluate
 import mdn_dense as md
 from coco_data import CocoDataset
@@ -262,7 +262,7 @@ def test_fig2_orders_components_by_scale(synthetic, tmp_path):
     bins = [a["scale_bin"] for a in coco.dataset["annotations"]]
     ranks = [sorted(set(bins)).index(b) for b in bins]
     assert res["pearson_scale"] == pytest.approx(analysis.pearson(ranks, scales))
-    import plots
+    from analysis import plots
     assert plots.scale_distribution(res, tmp_path / "fig2.png").stat().st_size > 0
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import lab
+from notebooks import lab
 import train
 from coco_data import CocoDataset
 from synthetic_coco import make_dataset

@@ -255,6 +255,6 @@ def test_setup_outside_the_repository_clones_it_once(tmp_path, smoke_env):
     clone = work / "mixture-dense-regression"
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.outputs)
     assert f"cloning file://{source} into {clone}" in printed and "smoke run (MDN_SMOKE=1) on " in printed
-    assert printed.rstrip().endswith(str(clone / "lab.py"))
+    assert printed.rstrip().endswith(str(clone / "notebooks" / "lab.py"))
     nb = run_notebook(setup_notebook(work, f"file://{source}"), timeout=300)  # the second time: no clone
     assert "cloning" not in "".join(o.get("text", "") for c in nb.cells for o in c.outputs)

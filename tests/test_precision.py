@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mdn_dense as md
-import precision as px
+from util import precision as px
 from coco_data import CocoDataset
 from model import ModelConfig, build_model
 from synthetic_coco import make_dataset

@@ -70,7 +70,7 @@ def test_a_foreign_checkpoint_or_missing_source_is_one_clear_error(run, tmp_path
 
 
 def test_figures_draws_fig4_and_fig5_from_a_run(run, tmp_path):
-    import figures
+    from analysis import figures
     ckpt, _, _ = run
     figures.main(["--mdn", str(ckpt.parent), "--base", str(ckpt.parent), "--out", str(tmp_path), "--examples", "2"])
     for name in ("convergence.png", "predictions.png"):
@@ -78,7 +78,7 @@ def test_figures_draws_fig4_and_fig5_from_a_run(run, tmp_path):
 
 
 def test_figures_overfit_draws_the_runs_given_and_nothing_else(run, tmp_path):
-    import figures
+    from analysis import figures
     ckpt, _, _ = run
     figures.main(["--overfit", str(ckpt.parent), "--out", str(tmp_path)])
     assert (tmp_path / "overfit.png").stat().st_size > 10_000

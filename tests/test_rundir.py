@@ -12,7 +12,7 @@ import torch
 import model as model_module
 import train
 from model import read_checkpoint
-from rundir import RunLock, next_run_folder, non_finite, write_log
+from util.rundir import RunLock, next_run_folder, non_finite, write_log
 from synthetic_coco import make_dataset
 
 

@@ -13,7 +13,7 @@ import torch
 import coco_data as cd
 import evaluate
 import mdn_dense as md
-import rundir
+from util import rundir
 import train
 from model import ModelConfig, build_model
 from synthetic_coco import make_dataset

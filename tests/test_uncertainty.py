@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-import analysis
-import calibration as cal
+from analysis import components as analysis
+from analysis import calibration as cal
 import evaluate
-import uncertainty as uq
+from analysis import uncertainty as uq
 from coco_data import CocoDataset
 from coco_eval import coco_evaluate
 from model import default_sigma_floor, load_model

@@ -39,9 +39,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]   # the repository
+HERE = Path(__file__).resolve().parent
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-TOOLING = ("assignments.py", "grader_guard.py")  # never copied into a grading run as student code
+TOOLING = ("course/assignments.py", "course/grader_guard.py")  # never copied into a grading run as student code
 STUDENT_README = "STUDENT_README.md"
 
 
@@ -148,7 +149,7 @@ def build(dest, root=ROOT):
         raise SystemExit(f"{dest} exists and is not empty: choose a new folder")
     blanked = {}
     for rel in tracked_files(root):
-        if rel in ("README.md", STUDENT_README):
+        if rel in ("README.md", "course/" + STUDENT_README):
             continue  # the student copy's README is STUDENT_README.md, written below
         src, dst = root / rel, dest / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def build(dest, root=ROOT):
         dst.write_text(new)
         if n:
             blanked[rel] = n
-    shutil.copy2(root / STUDENT_README, dest / "README.md")
+    shutil.copy2(HERE / STUDENT_README, dest / "README.md")
     return blanked
 
 
@@ -265,7 +266,7 @@ def _prepare(run, student, reference, assignments, ids):
     fail, ok, canary = _canary()
     (work / "tests" / "test_grader_canary.py").write_text(canary)
     (work / "pytest.ini").write_text(_pytest_ini(reference))
-    shutil.copyfile(ROOT / "grader_guard.py", work / "conftest.py")
+    shutil.copyfile(HERE / "grader_guard.py", work / "conftest.py")
     modules = {p.name: [] for p in work.glob("*.py") if p.name != "conftest.py"}
     for a in assignments:
         modules.setdefault(a.module, []).extend(a.functions)

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-import analysis
-import calibration as cal
+from analysis import components as analysis
+from analysis import calibration as cal
 import mdn_dense as md
-from analysis import text_table
+from analysis.components import text_table
 from annotations import joint_part
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-import plots
+from analysis import plots
 from coco_data import CocoDataset
 from evaluate import Inference, network_forward, predict
 from model import load_model
