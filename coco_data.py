@@ -57,7 +57,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from annotations import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, flip_index, load_coco
+from annotations import default_oks_sigmas, flip_index, load_coco, skeleton_pairs
 
 STRIDE = 4                                  # output map = input / 4
 MAX_OBJS = {"det": 128, "pose": 32}
@@ -352,8 +352,7 @@ class CocoDataset(torch.utils.data.Dataset):
         if given is None and "sigmas" in cat:                  # checked by load_coco
             return np.array(cat["sigmas"], np.float64)
         if given is None:
-            is_coco = self.keypoint_names == COCO_PERSON_KEYPOINTS
-            return COCO_PERSON_SIGMAS.copy() if is_coco else None
+            return default_oks_sigmas(self.keypoint_names)
         try:
             s = np.array(given, np.float64)
         except (TypeError, ValueError):
@@ -372,8 +371,6 @@ class CocoDataset(torch.utils.data.Dataset):
         return [a for a in self.coco.imgToAnns.get(img_id, [])
                 if a["category_id"] in self.cat_to_class and not a["iscrowd"]]
 
-    _annotations = annotations   # the old private name, still called by notebooks 02-05
-
     def info(self):
         """The names a trained model needs without this file: class names and COCO category
         ids; pose adds keypoint names, the skeleton (0-based pairs), flip_idx, OKS sigmas."""
@@ -381,7 +378,7 @@ class CocoDataset(torch.utils.data.Dataset):
         info = dict(task=self.task, cat_ids=list(self.cat_ids), class_names=[c["name"] for c in cats])
         if self.task == "pose":
             info.update(keypoint_names=self.keypoint_names, flip_idx=list(self.flip_idx),
-                        skeleton=[[a - 1, b - 1] for a, b in cats[0].get("skeleton", [])],
+                        skeleton=[list(p) for p in skeleton_pairs(cats[0].get("skeleton", []))],
                         oks_sigmas=None if self.oks_sigmas is None else self.oks_sigmas.tolist())
         return info
 

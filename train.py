@@ -26,9 +26,10 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import mdn_dense as md
+import synthetic_coco
 from annotations import dataset_paths
 from coco_data import CocoDataset
-from evaluate import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
+from inference import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
 from util import precision as px
 from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
@@ -198,7 +199,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     if len(loader) == 0:
         raise SystemExit(f"no training step: {cfg.ann}: {len(train_set)} images make no batch of "
                          f"{cfg.batch_size // world} per process (--batch-size)")
-    # Eq. (4)'s k_j: the OKS sigmas (for COCO's 17 joints the official COCO_KPT_SCALE)
+    # Eq. (4)'s k_j: the dataset's OKS sigmas (COCO's for its 17 joints, as the official code)
     kpt_scale = train_set.oks_sigmas.tolist() if model_cfg.task == "pose" else None
     weights = md.LossWeights(**cfg.loss_weights)
     if rank == 0:
@@ -383,14 +384,15 @@ def config_from_args(args):
         raise SystemExit("--val-ann / --val-images need --ann (with --data the val2017 split is used)")
     if (args.test_ann is None) != (args.test_images is None):
         raise SystemExit("--test-ann and --test-images go together")
-    ann, images = dataset_paths(args.task, "train", args.data, args.ann, args.images)
+    demo = None if args.data or args.ann or args.images else synthetic_coco.ensure_demo_dataset(args.task)
+    ann, images = dataset_paths(args.task, "train", args.data, args.ann, args.images) or demo["train"]
     if args.ann:
         val_ann, val_images = args.val_ann or ann, args.val_images or images
         test_ann, test_images = args.test_ann or "", args.test_images or ""
     else:
-        val_ann, val_images = dataset_paths(args.task, "val", args.data)
+        val_ann, val_images = dataset_paths(args.task, "val", args.data) or demo["val"]
         # the synthetic demo's held-out test split (another seed); COCO has none with labels
-        test_ann, test_images = ("", "") if args.data else dataset_paths(args.task, "test")
+        test_ann, test_images = ("", "") if args.data else demo["test"]
     arch = args.arch or ("hourglass104" if real else "small_dla")
     preset = PRESETS[arch]
     epochs, lr_steps = schedule(arch, args.schedule, args.epochs, args.lr_steps)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from analysis import plots
 from coco_data import CocoDataset
-from evaluate import Inference, network_forward, predict
+from inference import Inference, network_forward, predict
 from model import load_model
 
 
@@ -67,7 +67,7 @@ def main(argv=None):
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
     results = predict(network_forward(model, torch.device("cpu"), inference), loader, ds.cat_ids, inference, False)
     plots.examples(results["max"], ds.coco, model.cfg.task, ds.image_ids, ds.load_image, out / "predictions.png",
-                   args.examples, getattr(ds, "keypoint_names", None), score_thresh=0.3)
+                   args.examples, getattr(ds, "keypoint_names", None), score_thresh=0.3, kpt_scale=ds.oks_sigmas)
     # 128 colours keep the figure small in git (650 KB -> about 160 KB) without visible loss
     Image.open(out / "predictions.png").convert("RGB").quantize(128).save(out / "predictions.png", optimize=True)
     print(f"wrote {out / 'convergence.png'} and {out / 'predictions.png'}")

@@ -16,7 +16,7 @@ import torch
 import train
 from coco_data import CocoDataset
 from coco_eval import coco_evaluate
-from evaluate import Inference, network_forward, predict
+from inference import Inference, network_forward, predict
 from model import load_model
 from support import SAMPLE, SAMPLE_ANN, needs_sample
 

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+import annotations as an
 import mdn_dense as md
 from util import precision as px
 from coco_data import CocoDataset
@@ -34,7 +35,7 @@ def test_one_step_in_bf16_matches_fp32(task, tmp_path):
     batch = torch.utils.data.default_collate([ds[i] for i in range(8)])
     torch.manual_seed(0)
     net = build_model(ModelConfig(task=task, m=3, num_classes=ds.num_classes, sigma_floor=9.0 if task == "pose" else 1.0))
-    kpt = md.COCO_KPT_SCALE if task == "pose" else None
+    kpt = an.COCO_PERSON_SIGMAS if task == "pose" else None
     losses = {}
     for prec in ("fp32", "bf16"):
         model = copy.deepcopy(net).to(memory_format=px.memory_format(prec)).train()
