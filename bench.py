@@ -1,4 +1,4 @@
-"""Speed and memory of the pieces, printed as one table (README quotes it).
+"""Speed and memory of the pieces, printed as one table (RESULTS.md records its rows).
 
     python bench.py                 # CPU rows at the demo size (128 px) + loader at 512
     python bench.py --quick         # fewer iterations (a smoke check, numbers are noisy)

@@ -9,7 +9,7 @@ multi-scale merge.
   flip_merge    the left-right flip test, per mixture component
   merge_scales  the multi-scale test (Fig. 3's S3 / S5): soft-NMS over the scales' detections
 
-Everything is in output-map pixels (input / 4); coco_eval.to_coco_results maps back to
+Everything is in output-map pixels (input / 4); inference.to_coco_results maps back to
 the image. Shapes as in mdn_dense.py's legend (k: detections kept per image).
 """
 import numpy as np

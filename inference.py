@@ -5,7 +5,7 @@ A forward function (network_forward: the last stack, optionally with the left-ri
 test of decode.flip_merge; oracle_forward: the ground truth rendered to targets, CenterNet's
 oracle) gives one stack's outputs per batch; infer_batch decodes them without NMS
 (decode.decode, §3.3) under every requested rule and maps the peaks back to original pixels
-(coco_eval.to_coco_results). The rules are evaluation's own: a component rule ("max", the
+(to_coco_results). The rules are evaluation's own: a component rule ("max", the
 paper's; "mean"; a forced component index), a (rule, refine) pair, or GroundTruthHeads (some
 heads replaced by the ground truth: CenterNet's error analysis). evaluate_rows scores each
 row with COCOeval; format_table prints the layout of the paper's Tables 1 and 3.
@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from coco_data import STRIDE, apply_affine
-from coco_eval import coco_evaluate, to_coco_results
+from coco_eval import coco_evaluate
 from decode import decode, flip_merge, merge_scales
 from model import ModelConfig, head_channels
 from util import precision as px
@@ -100,6 +100,40 @@ def network_forward(model, device, inference):
 def oracle_forward(cfg):
     """view -> the oracle's outputs (oracle_outputs), for the same loop as a network."""
     return lambda view: oracle_outputs(view, cfg)
+
+
+def _numpy(x):
+    return x.detach().cpu().double().numpy() if torch.is_tensor(x) else np.asarray(x, np.float64)
+
+
+def to_coco_results(det, out2img, image_ids, cat_ids, task):
+    """decode.decode's output -> a flat list of COCO result dicts (scores not rounded).
+
+    det: scores, classes (B, k), boxes (B, k, 4) x1 y1 x2 y2 and, for pose, keypoints
+    (B, k, K, 2), all in output-map pixels; out2img (B, 2, 3); image_ids (B,); cat_ids: class
+    id -> COCO category id. Each dict: image_id, category_id, bbox [x, y, w, h] in original
+    pixels, score (float, unrounded); pose adds keypoints [x, y, 1] * K, so one list can be
+    evaluated as boxes and as keypoints.
+    """
+    A = _numpy(out2img)                                               # (B, 2, 3)
+    scores, classes = _numpy(det["scores"]), _numpy(det["classes"]).astype(int)
+    boxes = _numpy(det["boxes"])
+    kps = _numpy(det["keypoints"]) if task == "pose" else None
+    results = []
+    for b, img_id in enumerate(_numpy(image_ids).astype(int).tolist()):
+        corners = apply_affine(boxes[b].reshape(-1, 2, 2), A[b])      # (k, 2, 2)
+        xy1, xy2 = corners.min(1), corners.max(1)                     # a flip may swap corners
+        bbox = np.concatenate([xy1, xy2 - xy1], 1).tolist()           # (k, 4) x y w h
+        if kps is not None:
+            pts = apply_affine(kps[b], A[b])                          # (k, K, 2)
+            flat = np.concatenate([pts, np.ones_like(pts[..., :1])], -1).reshape(len(pts), -1)
+        for i in range(len(bbox)):
+            r = {"image_id": img_id, "category_id": int(cat_ids[classes[b, i]]),
+                 "bbox": bbox[i], "score": float(scores[b, i])}
+            if kps is not None:
+                r["keypoints"] = flat[i].tolist()
+            results.append(r)
+    return results
 
 
 MIXTURE_KEYS = ("mix_mu", "mix_sigma", "mix_log_alpha", "peak")   # decode_results(mixture=True); not in results.json

@@ -143,7 +143,8 @@ def evaluate_model(model, val, cfg, rank, world, device, progress):
 # ----------------------------------------------------------------------------- training
 def train(model_cfg, cfg, resume=False):
     """Train the model of model_cfg (num_classes / num_joints are read from the data) as cfg
-    says. Returns (the final evaluation's stats on rank 0 or None, the history)."""
+    says. Returns (the final validation stats, the history, the test split's stats or
+    None); the stats are None off rank 0."""
     rank, world, device = setup_distributed()
     out = Path(cfg.out)
     if cfg.batch_size % world:

@@ -41,6 +41,7 @@ from pycocotools.coco import COCO
 
 from annotations import joint_part, joint_side
 from analysis.matching import ground_truths, match_boxes, match_keypoints
+from analysis.tables import text_table
 from coco_eval import coco_evaluate
 
 # Table 6 columns: joint subsets by body part (the joint name without its side prefix).
@@ -281,13 +282,6 @@ def _num(x, percent=False):
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return "-"
     return f"{100 * x:.1f}" if percent else (f"{x:.2f}" if isinstance(x, float) else str(x))
-
-
-def text_table(header, rows, title=""):
-    """Right-aligned plain-text table; header and rows are lists of cells."""
-    cells = [[str(c) for c in row] for row in [header] + rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join(([title] if title else []) + ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells])
 
 
 def format_scale(res):

@@ -37,7 +37,8 @@ from pycocotools.coco import COCO
 
 from analysis import calibration as cal
 import mdn_dense as md
-from analysis.components import FACIAL, text_table
+from analysis.components import FACIAL
+from analysis.tables import text_table
 from analysis.matching import ground_truths, iou_matrix, match_boxes, match_keypoints, oks_matrix
 from inference import GroundTruthHeads
 from annotations import joint_part

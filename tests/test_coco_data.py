@@ -14,6 +14,7 @@ from PIL import Image
 import annotations as an
 import coco_data as cd
 import coco_eval as ce
+import inference
 import synthetic_coco
 import mdn_dense as md
 from decode import decode
@@ -94,7 +95,7 @@ def round_trip(ds, M=3):
     for i in range(len(ds)):
         s = ds[i]
         det = decode(perfect_outputs(s, ds.task, M), k=100)
-        results += ce.to_coco_results(det, s["out2img"][None], [s["image_id"]], ds.cat_ids, ds.task)
+        results += inference.to_coco_results(det, s["out2img"][None], [s["image_id"]], ds.cat_ids, ds.task)
     return results
 
 
@@ -455,7 +456,7 @@ def test_to_coco_results_maps_back_and_evaluate_edge_cases(tmp_path):
     out2img = torch.from_numpy(cd.invert_affine(cd.affine_matrix((40, 30), 100, 32, flip=True)))
     det = dict(scores=torch.tensor([[0.123456789]]), classes=torch.zeros(1, 1, dtype=torch.long),
                boxes=torch.tensor([[[4.0, 2.0, 12.0, 10.0]]]), keypoints=torch.full((1, 1, 17, 2), 8.0))
-    (r,) = ce.to_coco_results(det, out2img[None], [9], ds.cat_ids, "pose")
+    (r,) = inference.to_coco_results(det, out2img[None], [9], ds.cat_ids, "pose")
     # by hand: x = 40 + 3.125 * (16 - x_out) (mirrored; corners swap), y = 30 + 3.125 * (y_out - 16)
     assert r["image_id"] == 9 and r["category_id"] == 1 and r["score"] == pytest.approx(0.123456789)
     assert np.allclose(r["bbox"], [40 + 3.125 * 4, 30 - 3.125 * 14, 25.0, 25.0])
