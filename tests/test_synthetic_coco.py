@@ -196,7 +196,7 @@ def test_ground_truth_as_detections_scores_ap_one(tmp_path, task, iou_type):
 
 
 def test_generation_logs_one_line_when_stderr_is_not_a_terminal(tmp_path, capsys):
-    """In a log file, CI or a notebook tqdm's carriage-return redraws would pile up (issue #13):
+    """In a log file, CI or a notebook tqdm's carriage-return redraws would pile up:
     there the generator prints one line per split and no bar; a second call (the cache) prints nothing."""
     sc.make_dataset(tmp_path, "shapes", "val", 6)
     err = capsys.readouterr().err
