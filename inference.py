@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from coco_data import STRIDE, apply_affine
 from coco_eval import coco_evaluate
+import mdn_dense as md
 from decode import decode, flip_merge, merge_scales
 from model import ModelConfig, head_channels
 from util import precision as px
@@ -80,7 +81,8 @@ def oracle_outputs(batch, cfg):
             scatter("hp_offset", batch["hp_ind"], batch["hp_offset"], batch["hp_mask"])
     if cfg.m >= 1:
         out["mdn_logits"][:, 0] = 10.0               # alpha_0 ~ 1 everywhere
-        out["mdn_sigma"] += 1.0 + cfg.sigma_floor    # sigma_activation(0): the truth has no spread to report
+        # the truth has no spread to report: the sigma a raw output of 0 activates to
+        out["mdn_sigma"] = md.sigma_activation(out["mdn_sigma"], cfg.sigma_floor)
     return out
 
 
