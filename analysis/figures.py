@@ -1,6 +1,6 @@
 """The README's figures from real runs, in one command (paper Figs. 4 and 5).
 
-    python figures.py --mdn runs/pose_m3 --base runs/pose_m0 --out docs
+    python -m analysis.figures --mdn runs/pose_m3 --base runs/pose_m0 --out docs
 
 writes, from the runs' logs and checkpoints:
   convergence.png  Fig. 4: validation AP per epoch and per minute of MDN_M and the base
@@ -8,7 +8,7 @@ writes, from the runs' logs and checkpoints:
   predictions.png  Fig. 5: test-split images with the MDN_M run's predictions coloured by
                    mixture component, pose with each joint's 1-std ellipse
 
-    python figures.py --overfit runs/overfit/pose_s256 runs/overfit/det_s256_600 --out docs
+    python -m analysis.figures --overfit runs/overfit/pose_s256 runs/overfit/det_s256_600 --out docs
 
 writes overfit.png instead: the training-split AP per epoch and per minute of the
 "overfit a small set first" runs (train.py --no-augment on the real sample, RESULTS.md).
