@@ -12,11 +12,13 @@ and measures:
   annotation load    seconds and resident MB of load_coco (json + validation + pycocotools)
   dataset            seconds to build CocoDataset on top
   workers            for each --workers W: the main process's resident memory and each
-                     worker's private memory (USS, /proc smaps_rollup) after the first
+                     worker's private anonymous memory (USS, /proc smaps) after the first
                      batches and after --batches batches; growth = what a worker copied
+  evaluation         --eval-checkpoint: evaluate.py end to end on a val2017-size file
 
     python -m checks.coco_scale --workers 2 4 8 --batches 300    # default: det at train2017 size
     python -m checks.coco_scale --task pose --images 118287 --annotations 150000
+    python -m checks.coco_scale --eval-checkpoint runs/det_m3/ckpt.pt    # evaluation at val2017 size
 
 Linux only (/proc). The generated file lies in --out (default data/coco_scale, ignored by git).
 """
@@ -24,6 +26,7 @@ import argparse
 import gc
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "coco_sample"
 SAMPLE_ANN = {"det": "instances_sample.json", "pose": "person_keypoints_sample.json"}
 TRAIN2017 = {"det": (118_287, 860_001), "pose": (118_287, 150_000)}   # images, annotations
+VAL2017 = {"det": (5_000, 36_781), "pose": (5_000, 11_004)}
 
 
 def scale_annotations(src, dst, n_images, n_annotations, seed=0):
@@ -66,14 +70,21 @@ def scale_annotations(src, dst, n_images, n_annotations, seed=0):
 
 
 def memory(pid="self"):
-    """{'rss', 'pss', 'uss'} in MB of a process, from /proc/<pid>/smaps_rollup (uss: its
-    private pages, the ones a forked worker copied or allocated)."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        name, value = line.split(":")
-        fields[name] = int(value.split()[0]) / 1024
-    return {"rss": fields["Rss"], "pss": fields["Pss"],
-            "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
+    """{'rss', 'uss'} in MB of a process from /proc/<pid>/smaps. uss counts the private
+    pages of anonymous memory only (the heap, Python's arenas): the pages a forked worker
+    copied from its parent or allocated itself, not the shared-memory files that carry
+    finished batches to the main process."""
+    rss = uss = 0
+    anonymous = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split(None, 5)
+        if "-" in head[0] and not head[0].endswith(":"):        # a mapping's header line
+            anonymous = len(head) < 6 or head[5].startswith("[")
+        elif head[0] == "Rss:":
+            rss += int(head[1])
+        elif head[0] in ("Private_Clean:", "Private_Dirty:") and anonymous:
+            uss += int(head[1])
+    return {"rss": rss / 1024, "uss": uss / 1024}
 
 
 def quiet_memory(pids, settle):
@@ -141,6 +152,23 @@ def report(m, task, input_size, batch_size):
     return "\n".join(lines)
 
 
+def time_evaluation(checkpoint, task, out, sample, extra=()):
+    """evaluate.py on a val2017-size file (5,000 images; 36,781 instances or 11,004 persons)
+    end to end: (seconds, its output's last lines)."""
+    n_images, n_anns = VAL2017[task]
+    ann = out / f"{task}_{n_images}_{n_anns}.json"
+    if not ann.is_file():
+        scale_annotations(sample / "annotations" / SAMPLE_ANN[task], ann, n_images, n_anns)
+    cmd = [sys.executable, "evaluate.py", "--checkpoint", str(checkpoint), "--ann", str(ann),
+           "--images", str(sample / "images"), "--out", str(out / f"eval_{task}"), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed: {(proc.stderr.strip().splitlines() or [''])[-1]}")
+    return seconds, "\n".join(proc.stdout.strip().splitlines()[-12:])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["det", "pose"], default="det", help="which sample file to scale (default det)")
@@ -153,7 +181,15 @@ def main(argv=None):
     p.add_argument("--input-size", type=int, default=512, help="input side in pixels (default 512, the paper's)")
     p.add_argument("--sample", type=Path, default=SAMPLE, help=f"the real COCO sample (default {SAMPLE})")
     p.add_argument("--out", type=Path, default=ROOT / "data" / "coco_scale", help="where the generated file goes")
+    p.add_argument("--eval-checkpoint", type=Path, help="instead: time evaluate.py end to end with this checkpoint "
+                                                       "on a val2017-size file (5,000 images) of its task")
+    p.add_argument("--eval-args", nargs=argparse.REMAINDER, default=[],
+                   help="what follows goes to evaluate.py (e.g. --input-size 128 --workers 2 --threads 1)")
     args = p.parse_args(argv)
+    if args.eval_checkpoint:
+        seconds, tail = time_evaluation(args.eval_checkpoint, args.task, args.out, args.sample, args.eval_args)
+        print(f"{tail}\nevaluate.py on {VAL2017[args.task][0]:,} images end to end: {seconds:.0f} s")
+        return seconds
     src = args.sample / "annotations" / SAMPLE_ANN[args.task]
     if not src.is_file():
         raise SystemExit(f"{src}: the real COCO sample is absent (--sample)")

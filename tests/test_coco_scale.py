@@ -38,7 +38,7 @@ def test_scaled_file_repeats_the_sample_under_new_ids(scaled):
 def test_a_worker_does_not_copy_the_records_it_reads(scaled, monkeypatch):
     """One worker reads all N_IMAGES records; its private memory may not grow by more than
     a tenth of what the dataset occupies in the main process. Records held as Python dicts
-    were copied by about two thirds (the pages their reads touched)."""
+    fail it: each read changes reference counts, so each page a read touches is copied."""
     ann, _, _ = scaled
     # Blank images of the annotated sizes: the records are under test, not JPEG decoding.
     sizes = {im["file_name"]: (im["width"], im["height"]) for im in json.loads(SRC.read_text())["images"]}
