@@ -106,7 +106,8 @@ def as_batch(image, size, image_id):
 def draw(image, results, info, path, score_thresh, ellipses):
     """The image with its detections, coloured by component, and a legend."""
     w, h = image.size
-    fig = Figure(figsize=(6, 6 * h / w + 0.4))
+    fit = min(1.0, 60 / (6 * h / w))            # a tall image: at most 60 in (6000 px) high
+    fig = Figure(figsize=(6 * fit, 6 * h / w * fit + 0.4))
     ax = fig.add_axes((0, 0.06, 1, 0.94))
     ax.imshow(image)
     shown = [r if ellipses else {k: v for k, v in r.items() if k != "sigma"} for r in results]
