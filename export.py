@@ -183,7 +183,7 @@ def compare(ref, got, stride=4, tie=TIE_SCORE):
         same = near & (ref["classes"][b, r][:, None] == got["classes"][b, g][None])   # (len(r), len(g))
         full = len(r) == ref["scores"].shape[1]            # no padding: the k-th row cut a list
         last = ref["scores"][b, r].min() if len(r) else 0.0
-        at_cut = lambda score: full and score <= last + tie   # tied with the k-th: may be left out
+        at_cut = lambda score: full and abs(score - last) <= tie   # tied with the k-th: may be left out
         free, pairs = set(range(len(g))), []
         for a, i in enumerate(r):   # each reference detection -> the same detection in `got`, if any
             hits = [c for c in np.flatnonzero(same[a]) if c in free]
