@@ -268,6 +268,10 @@ def letterbox(image, size):
 class BadImageError(OSError):
     """A missing or unreadable image; the message names the file and the image id."""
 
+    def line(self):
+        """The message alone, also when a DataLoader worker re-raised it inside its traceback."""
+        return str(self).strip().splitlines()[-1].removeprefix(f"{__name__}.BadImageError: ")
+
 
 def read_image(path, what="image"):
     """An image file as PIL RGB (grayscale, palette, RGBA, CMYK become RGB). 16-bit grey

@@ -44,7 +44,7 @@ from util import precision as px
 from util.flags import device as device_flag, non_negative, positive
 from analysis import uncertainty
 from annotations import dataset_paths
-from coco_data import STRIDE, CocoDataset, apply_affine
+from coco_data import STRIDE, BadImageError, CocoDataset, apply_affine
 from coco_eval import coco_evaluate, to_coco_results
 from decode import decode, flip_merge, merge_scales
 from model import ModelConfig, default_sigma_floor, head_channels, load_model
@@ -426,7 +426,10 @@ def main(argv=None):
                           refine=args.refine, nms_method=args.soft_nms, precision=precision, mixture=mixture, cfg=cfg)
     forward = oracle_forward(cfg) if model is None else network_forward(model, device, inference)
     t0 = time.perf_counter()
-    results = predict(forward, loader, ds.cat_ids, inference, progress=sys.stderr.isatty())
+    try:
+        results = predict(forward, loader, ds.cat_ids, inference, progress=sys.stderr.isatty())
+    except BadImageError as e:
+        raise SystemExit(e.line()) from None
     uncertainty.post_hoc(results, rows, m, ds.coco, task, ds.image_ids, ds.oks_sigmas)
     seconds = time.perf_counter() - t0
     if not results[rows["All"]]:

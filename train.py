@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import mdn_dense as md
 from annotations import dataset_paths
-from coco_data import CocoDataset
+from coco_data import BadImageError, CocoDataset
 from evaluate import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
 from util import precision as px
@@ -165,6 +165,9 @@ def train(model_cfg, cfg, resume=False):
     except KeyboardInterrupt as e:   # SIGINT or SIGTERM; the lock is released by now
         raise SystemExit(f"{out}: stopped by {str(e) or 'SIGINT'}. Last good checkpoint: "
                          f"{last_good_checkpoint(out)}; continue with --resume") from None
+    except BadImageError as e:
+        raise SystemExit(f"{e.line()}. Last good checkpoint: {last_good_checkpoint(out)}; fix or remove "
+                         f"the image, then run again (with --resume once a checkpoint exists)") from None
 
 
 def _train(model_cfg, cfg, resume, rank, world, device):

@@ -444,3 +444,12 @@ def test_latent_modes_ground_truth_oracle(synthetic):
     with contextlib.redirect_stdout(io.StringIO()):
         plain.createIndex()
     assert analysis.latent_mode_agreement(gt_results(plain, lambda a: 0), plain, "pose") == {}
+
+
+def test_a_missing_image_is_one_line(synthetic, tmp_path):
+    import shutil
+    ann, images = synthetic["det"]
+    shutil.copytree(images, tmp_path / "images")
+    (tmp_path / "images" / "000001.jpg").unlink()
+    with pytest.raises(SystemExit, match=r"^image id 2: file not found: .*000001.jpg$"):
+        oracle_ap(ann, tmp_path / "images", "det", tmp_path / "out", "--workers", "1")

@@ -5,6 +5,7 @@ another run's files in --out, SIGINT / SIGTERM, a lock whose pid was reused, an 
 final evaluation, resuming with data-loader workers, a folder that cannot be written."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -323,3 +324,14 @@ def test_resume_with_workers_matches_an_uninterrupted_run(tiny, tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert [h["total"] for h in a["history"]] == [h["total"] for h in b["history"]]
+
+
+def test_a_missing_image_stops_training_with_one_line(tiny, tmp_path):
+    ann, images = tiny
+    shutil.copytree(images, tmp_path / "images")
+    (tmp_path / "images" / "000003.jpg").unlink()
+    for workers in ("0", "1"):           # a worker re-raises it inside its own traceback
+        with pytest.raises(SystemExit, match=r"^image id 4: file not found: .*000003.jpg. Last good checkpoint: "
+                                             r"none yet; fix or remove the image"):
+            train.main(argv((ann, str(tmp_path / "images")), tmp_path / f"run{workers}", "--epochs", "1",
+                            "--workers", workers))
