@@ -22,6 +22,7 @@ import datetime
 import os
 import platform
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -39,6 +40,9 @@ SKELETON = [(a - 1, b - 1) for a, b in COCO_SKELETON]  # COCO's skeleton is 1-ba
 # Not settings of a run: train.py reads the model's classes and joints from the data, and
 # the folder is wherever the run now lies.
 NOT_SETTINGS = ("model.num_classes", "model.num_joints", "train.out")
+# Marks a run that train_run(fresh=True) trained: a scratch run (the notebooks' smoke runs),
+# the one kind the next fresh run replaces instead of moving it aside.
+SCRATCH = ".scratch"
 
 
 # ----------------------------------------------------------------------------- data
@@ -92,12 +96,15 @@ def train_run(runs, task, m, args=(), fresh=False):
 
     A checkpoint trained with other settings (or unreadable by this code) is moved to the
     first free <task>_m<m>_stale, _stale_2, ...; an unfinished one is continued with
-    --resume. fresh=True (smoke runs) trains anew, moving a run already there to
-    <task>_m<m>_old (_old_2, ...). Nothing is deleted."""
+    --resume. fresh=True (smoke runs) trains anew: a run already there is moved to
+    <task>_m<m>_old (_old_2, ...), unless it is itself a scratch run of an earlier fresh
+    call (marked SCRATCH), which is replaced. Nothing else is deleted."""
     out = Path(runs) / run_name(task, m)
     argv = ["--task", task, "--m", str(m), "--out", str(out), *map(str, args)]
     ckpt = out / "ckpt.pt"
-    if fresh and out.exists():
+    if fresh and (out / SCRATCH).exists():
+        shutil.rmtree(out)
+    elif fresh and out.exists():
         print(f"fresh run: moved {out} to {set_aside(out, 'old')}")
     if ckpt.exists():
         try:
@@ -116,6 +123,8 @@ def train_run(runs, task, m, args=(), fresh=False):
     print("python train.py " + " ".join(argv))
     t0 = time.perf_counter()
     train.main(argv)
+    if fresh and out.is_dir():
+        (out / SCRATCH).touch()
     print(f"trained in {time.perf_counter() - t0:.0f} s")
     return ckpt
 

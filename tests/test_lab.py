@@ -115,6 +115,17 @@ def test_nothing_deletes_a_finished_run(finished, shapes, spy, tmp_path):
     assert (runs / "det_m3_old" / "ckpt.pt").is_file() and (runs / "det_m3_old_2" / "ckpt.pt").is_file()
 
 
+def test_a_fresh_run_replaces_only_its_own_scratch_run(shapes, tmp_path):
+    """The notebooks' smoke runs (fresh=True) do not pile up: the next fresh call replaces
+    the run the last one marked as scratch, and nothing else."""
+    first = lab.train_run(tmp_path, "det", 0, args_for(shapes), fresh=True)
+    assert (first.parent / lab.SCRATCH).exists()
+    before = first.stat().st_mtime_ns
+    again = lab.train_run(tmp_path, "det", 0, args_for(shapes), fresh=True)
+    assert again == first and first.stat().st_mtime_ns != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["det_m0"]
+
+
 def test_evaluate_run_rows(finished, shapes):
     run = lab.evaluate_run(finished[1], extra_rules=("mean",))
     assert list(run["stats"]) == ["All", "1", "2", "3", "mean"]
