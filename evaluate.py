@@ -284,7 +284,8 @@ def parse_args(argv=None):
     data.add_argument("--data", help="COCO 2017 root (annotations/, val2017/)")
     data.add_argument("--ann", help="a COCO-format annotation JSON (with --images)")
     data.add_argument("--images", help="the image folder of --ann")
-    data.add_argument("--split", default="val", help="split of --data or of the synthetic set (default val)")
+    data.add_argument("--split", choices=["train", "val", "test"], default="val",
+                      help="split of --data (train, val) or of the synthetic set (train, val, test); default val")
     data.add_argument("--input-size", type=positive(int), help="network input side (default: the checkpoint's; 512 for --oracle)")
     data.add_argument("--oks-sigmas", type=positive(float), nargs="+", metavar="S",
                       help="pose: one OKS sigma per joint for keypoint sets other than COCO's 17 whose category has no 'sigmas'")

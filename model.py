@@ -264,6 +264,9 @@ def load_model(path, device="cpu"):
     try:
         cfg = model_config_of(state["model_config"])
         check_stored(state, cfg)
+        bad = [k for k, t in state["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:   # NaN scores would reach predictions.json as NaN, which is not JSON
+            raise ValueError(f"{len(bad)} weight tensors hold NaN or inf (first: {', '.join(bad[:3])})")
         model = build_model(cfg)
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError, KeyError, TypeError) as e:

@@ -108,6 +108,7 @@ def test_files_cocoeval_would_misscore_are_refused(synthetic, case, tmp_path, mo
     ("--workers", "-1", "argument --workers: must be >= 0, got -1"),
     ("--scales", "0", "argument --scales: must be > 0, got 0"),
     ("--m", "-1", "argument --m: must be >= 0, got -1"),
+    ("--split", "tset", "argument --split: invalid choice: 'tset'"),
     ("--device", "cuda:99", "argument --device: cuda:99"),
 ])
 def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys):

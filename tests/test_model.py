@@ -159,3 +159,9 @@ def test_a_bad_stored_config_is_one_line_in_every_command(tmp_path):
             main(["--checkpoint", str(path), *argv])
     good = _stored(tmp_path / "good.pt")
     assert load_model(good)[0].cfg.m == 2
+    state = torch.load(good, weights_only=True)
+    name = next(k for k, t in state["model"].items() if t.is_floating_point())
+    state["model"][name][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=rf"nan.pt: 1 weight tensors hold NaN or inf \(first: {name}\)"):
+        load_model(tmp_path / "nan.pt")

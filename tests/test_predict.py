@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import evaluate
@@ -105,6 +106,8 @@ def test_outputs_never_land_on_inputs(run, tmp_path):
     (tmp_path / "a_file").write_text("mine")
     with pytest.raises(SystemExit, match="^2$"):
         predict.parse_args(["--checkpoint", str(ckpt), "--source", str(photos), "--out", str(tmp_path / "a_file")])
+    with pytest.raises(SystemExit, match=r"--out .*a_file/sub: cannot write there"):   # as a read-only folder
+        predict.main(["--checkpoint", str(ckpt), "--source", str(photos), "--out", str(tmp_path / "a_file" / "sub")])
     assert (tmp_path / "a_file").read_text() == "mine"
 
 
@@ -188,7 +191,8 @@ def test_a_phone_photo_is_predicted_upright(run, tmp_path):
     ("--score-thresh", "1.5", "argument --score-thresh: must be between 0 and 1, got 1.5"),
     ("--device", "tpu", "argument --device: 'tpu' is not a device"),
     ("--device", "cuda:99", "argument --device: cuda:99"),
-])
+] + ([] if torch.cuda.is_available() else [("--device", "cuda", "argument --device: cuda: this torch build or "
+                                                               "machine has no CUDA GPU")]))
 def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys):
     with pytest.raises(SystemExit, match="^2$"):
         predict.parse_args(["--checkpoint", "c.pt", "--source", "x", flag, value])
