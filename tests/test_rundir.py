@@ -178,6 +178,7 @@ def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys)
     (["--val-ann", "x.json"], "--val-ann / --val-images need --ann"),
     (["--m", "0", "--sigma-floor", "3"], "--sigma-floor is for the mixture"),
     (["--init", "a.pt", "--resume"], "--init starts a new run"),
+    (["--m", "100000"], "--m must be an integer in 0..64, got 100000"),
 ])
 def test_flag_combinations_are_checked(extra, message, tiny, monkeypatch):
     import synthetic_coco
