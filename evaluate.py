@@ -402,8 +402,11 @@ def main(argv=None):
     if args.max_images:
         ds.image_ids = ds.image_ids[:args.max_images]
     if model is None:
-        cfg = ModelConfig(task=task, m=args.m, arch="dla34", num_classes=ds.num_classes,
-                          num_joints=ds.num_joints or 17, sigma_floor=default_sigma_floor(task, "dla34"))
+        try:
+            cfg = ModelConfig(task=task, m=args.m, arch="dla34", num_classes=ds.num_classes,
+                              num_joints=ds.num_joints or 17, sigma_floor=default_sigma_floor(task, "dla34"))
+        except ValueError as e:      # --m beyond reason, or a file without categories
+            raise SystemExit(f"--oracle on {ann}: {e}") from None
     elif (ds.num_classes, ds.num_joints) != (cfg.num_classes, cfg.num_joints if task == "pose" else 0):
         raise SystemExit(f"{args.checkpoint} predicts {cfg.num_classes} classes / {cfg.num_joints} joints; "
                          f"{ann} has {ds.num_classes} / {ds.num_joints}")

@@ -177,8 +177,11 @@ def _train(model_cfg, cfg, resume, rank, world, device):
         check_run_folder(out, resume)
     torch.manual_seed(cfg.seed)
     train_set, val_set = datasets(cfg, model_cfg.task)
-    model_cfg = dataclasses.replace(model_cfg, num_classes=train_set.num_classes,
-                                    num_joints=train_set.num_joints or model_cfg.num_joints)
+    try:
+        model_cfg = dataclasses.replace(model_cfg, num_classes=train_set.num_classes,
+                                        num_joints=train_set.num_joints or model_cfg.num_joints)
+    except ValueError as e:          # e.g. a file without categories: no class to detect
+        raise SystemExit(f"{cfg.ann}: {e}") from None
     model = build_model(model_cfg).to(device)
     if cfg.init and not resume:
         copied, skipped = init_from(model, cfg.init)

@@ -454,3 +454,9 @@ def test_a_missing_image_is_one_line(synthetic, tmp_path):
     (tmp_path / "images" / "000001.jpg").unlink()
     with pytest.raises(SystemExit, match=r"^image id 2: file not found: .*000001.jpg$"):
         oracle_ap(ann, tmp_path / "images", "det", tmp_path / "out", "--workers", "1")
+
+
+def test_oracle_components_beyond_reason_are_one_line(synthetic, tmp_path):
+    ann, images = synthetic["det"]
+    with pytest.raises(SystemExit, match=r"^--oracle on .*: --m must be an integer in 0..64, got 100000$"):
+        oracle_ap(ann, images, "det", tmp_path, "--m", "100000")

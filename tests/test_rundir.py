@@ -336,3 +336,13 @@ def test_a_missing_image_stops_training_with_one_line(tiny, tmp_path):
                                              r"none yet; fix or remove the image"):
             train.main(argv((ann, str(tmp_path / "images")), tmp_path / f"run{workers}", "--epochs", "1",
                             "--workers", workers))
+
+
+def test_a_detection_file_without_categories_is_one_line(tmp_path):
+    ann = tmp_path / "nocats.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
+                               "annotations": [], "categories": []}))
+    args = ["--task", "det", "--ann", str(ann), "--images", str(tmp_path), "--arch", "small_dla", "--batch-size", "1",
+            "--input-size", "64", "--epochs", "1", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match=rf"^{ann}: num_classes must be an integer in 1..10000, got 0$"):
+        train.main(args)
