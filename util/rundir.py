@@ -10,6 +10,10 @@ Nothing here is in the paper; it is what keeps a long run's results from being s
 wrong: a checkpoint is written only when every weight and optimiser value is finite, to a
 temporary file renamed over the old one (a crash or a full disk leaves the last good file),
 and the log is the checkpoint's own history, so a kill between the two cannot duplicate an epoch.
+Nothing of the user's is written over: a new run starts only in an empty or new folder
+(check_run_folder), and folders are named by one rule (run_name) and moved aside, never
+deleted (set_aside). SIGINT and SIGTERM unwind through the lock (stop_on_signals), so the
+run stops with one line naming its last good checkpoint.
 """
 import dataclasses
 import json
