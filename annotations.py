@@ -74,7 +74,10 @@ def dataset_paths(task, split, data=None, ann=None, images=None):
     if data:
         if ann or images:
             raise SystemExit("give --data or --ann/--images, not both")
-        return coco2017_paths(data, task, split)
+        try:
+            return coco2017_paths(data, task, split)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"--data {data}: {e}") from None
     if ann or images:
         if not (ann and images):
             raise SystemExit("--ann and --images go together")
@@ -143,6 +146,12 @@ def _check_category(path, cat):
         _check(ok and len(set(flat)) == len(flat), path,
                f"{where}: flip_pairs must be 0-based [i, j] pairs of distinct joints in "
                f"0..{K - 1}, each joint in one pair at most, got {pairs}")
+    skeleton = cat.get("skeleton")
+    if skeleton is not None:
+        _check(isinstance(skeleton, list) and all(
+            isinstance(e, list) and len(e) == 2 and all(type(i) is int and 1 <= i <= K for i in e)
+            for e in skeleton), path,
+            f"{where}: skeleton must be 1-based [i, j] pairs of joints in 1..{K} (COCO's convention), got {skeleton}")
     if "sigmas" in cat:
         _numbers(path, "category", [cat], "sigmas", K, f"{K} finite numbers > 0, one per keypoint "
                  f"name (pycocotools' scale: COCO's nose is 0.026)", lambda s: (s > 0).all(1))
@@ -160,8 +169,10 @@ def load_coco(ann_file):
     finite (a NaN keypoint or area makes COCOeval count a match): image width, height > 0;
     bbox [x, y, w, h] with w, h >= 0; area >= 0; keypoints; num_keypoints >= 0; iscrowd 0
     or 1. Filled in when absent, as COCOeval needs them: iscrowd 0, area w * h,
-    num_keypoints = number of joints with v > 0. Errors are ValueErrors naming the file,
-    the record and the field.
+    num_keypoints = number of joints with v > 0. What COCOeval would score wrong without a
+    word is refused (check_ids, check_visibility): ids that are not integers or repeat,
+    visibilities outside {0, 1, 2}, num_keypoints that disagrees with them. Errors are
+    ValueErrors naming the file, the record and the field.
     """
     path = Path(ann_file)
     if not path.is_file():
@@ -179,8 +190,8 @@ def load_coco(ann_file):
         for i, rec in enumerate(data[kind]):
             missing = [k for k in keys if not isinstance(rec, dict) or k not in rec]
             _check(not missing, path, f"{kind}[{i}] is missing {missing}")
+    check_ids(path, data)
     images = {im["id"] for im in data["images"]}
-    _check(len(images) == len(data["images"]), path, "duplicate image ids")
     for field in ("width", "height"):
         _numbers(path, "image", data["images"], field, rule="a finite number > 0",
                  ok=lambda v: v > 0)
@@ -212,6 +223,7 @@ def load_coco(ann_file):
     for cat_id, group in with_kpts.items():
         kps = _numbers(path, "annotation", group, "keypoints", 3 * num_kpts[cat_id],
                        "finite numbers [x1, y1, v1, ...]")                   # (n, 3K)
+        check_visibility(path, group, kps)
         for i in [i for i, a in enumerate(group) if "num_keypoints" not in a]:
             group[i]["num_keypoints"] = int((kps[i, 2::3] > 0).sum())
     for i in [i for i, a in enumerate(anns) if "area" not in a]:
@@ -223,6 +235,39 @@ def load_coco(ann_file):
     with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints "creating index..."
         coco.createIndex()
     return coco
+
+
+def check_ids(path, data):
+    """Every image, annotation and category id an integer, each once per list. pycocotools
+    indexes records by id: a repeated annotation id makes COCOeval match one person's ground
+    truth twice and drop the other's, and results refer to images by integer image_id."""
+    for kind, records in (("image", data["images"]), ("annotation", data["annotations"]),
+                          ("category", data["categories"])):
+        seen = set()
+        for rec in records:
+            i = rec["id"]
+            _check(type(i) is int, path, f"{kind} id {i!r}: id must be an integer (COCO's ids are; "
+                                         f"results name images by integer image_id), got {type(i).__name__}")
+            _check(i not in seen, path, f"{kind} id {i}: id appears more than once in '{kind}s' "
+                                        f"(COCOeval would score one record in place of the other)")
+            seen.add(i)
+
+
+def check_visibility(path, group, kps):
+    """Keypoint visibilities v in {0, 1, 2} (COCO: not labelled, labelled hidden, visible) and
+    num_keypoints, where given, equal to the number of joints with v > 0: COCOeval ignores a
+    person whose num_keypoints is 0 and scores the joints with v > 0. group: annotations,
+    kps (n, 3K) their keypoints."""
+    v = kps[:, 2::3]                                                         # (n, K)
+    bad = ~np.isin(v, (0, 1, 2)).all(1)
+    if bad.any():
+        a = group[int(np.argmax(bad))]
+        raise ValueError(f"{path}: annotation id {a['id']}: keypoints visibility must be 0, 1 or 2 (not "
+                         f"labelled, hidden, visible), got {sorted(set(a['keypoints'][2::3]) - {0, 1, 2})}")
+    for a, labelled in zip(group, (v > 0).sum(1)):
+        _check(a.get("num_keypoints", labelled) == labelled, path,
+               f"annotation id {a['id']}: num_keypoints {a.get('num_keypoints')} but {labelled} joints have "
+               f"v > 0 (COCOeval ignores a person with num_keypoints 0): make them agree")
 
 
 # A joint name's words: split at any non-alphanumeric character and at camelCase steps

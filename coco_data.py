@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from pycocotools.coco import COCO
 
 from annotations import default_oks_sigmas, flip_index, load_coco, skeleton_pairs
@@ -268,16 +268,24 @@ def letterbox(image, size):
 class BadImageError(OSError):
     """A missing or unreadable image; the message names the file and the image id."""
 
+    def line(self):
+        """The message alone, also when a DataLoader worker re-raised it inside its traceback."""
+        return str(self).strip().splitlines()[-1].removeprefix(f"{__name__}.BadImageError: ")
+
 
 def read_image(path, what="image"):
     """An image file as PIL RGB (grayscale, palette, RGBA, CMYK become RGB). 16-bit grey
     (PNG / TIFF modes I;16, I;16B) is scaled by its range, round(v / 257): 65535 -> 255
     (PIL's convert would clip every value above 255 to white). 32-bit integer ('I', but
-    for PNG) and float ('F') images state no range, so they are refused. Every failure is a
-    BadImageError naming `what` (e.g. the image id) and the file."""
+    for PNG) and float ('F') images state no range, so they are refused. The EXIF orientation
+    is applied, so a phone's portrait photo is upright as viewers show it; image.info
+    ["orientation"] keeps the tag (1 = none). Every failure is a BadImageError naming `what`
+    (e.g. the image id) and the file."""
     try:
-        with Image.open(path) as im:
-            im.load()                                  # decode now, inside the try
+        with Image.open(path) as raw:
+            raw.load()                                 # decode now, inside the try
+            orientation = raw.getexif().get(ExifTags.Base.Orientation, 1)
+            im = ImageOps.exif_transpose(raw)
             mode, image = im.mode, None
             # A PNG holds at most 16 bits a channel: older Pillow opens 16-bit grey PNG as "I".
             if mode in SIXTEEN_BIT_MODES or (mode == "I" and im.format == "PNG"):
@@ -292,6 +300,7 @@ def read_image(path, what="image"):
     if image is None:
         raise BadImageError(f"{what}: {path}: mode '{mode}' (32-bit {'float' if mode == 'F' else 'integer'}) "
                             f"has no defined 8-bit range; convert it to 8 bits (or 16-bit PNG) first")
+    image.info["orientation"] = orientation
     return image
 
 
@@ -451,8 +460,12 @@ class CocoDataset(torch.utils.data.Dataset):
         path, (width, height) = self.image_dir / str(self._rec_files[row]), self._rec_sizes[row].tolist()
         image = read_image(path, f"image id {img_id}")
         if image.size != (width, height):
+            exif = image.info.get("orientation", 1)
+            why = (f" once its EXIF orientation {exif} is applied (as viewers show it; the stored pixels are "
+                   f"{image.size[1]}x{image.size[0]}): annotate the upright photo, or strip the tag"
+                   if exif in (5, 6, 7, 8) and image.size[::-1] == (width, height) else "")
             raise BadImageError(f"image id {img_id}: {path} is "
-                                f"{image.size[0]}x{image.size[1]}, the annotations say {width}x{height}")
+                                f"{image.size[0]}x{image.size[1]}{why}, the annotations say {width}x{height}")
         return image
 
     def __getitem__(self, index):

@@ -27,11 +27,12 @@ import synthetic_coco
 from analysis import calibration, plots, uncertainty
 from analysis import components as analysis
 from annotations import dataset_paths
-from coco_data import STRIDE, CocoDataset
+from coco_data import STRIDE, BadImageError, CocoDataset
 from inference import (Inference, MultiScale, component_rules, evaluate_rows, format_table, measure_fps,
                        network_forward, oracle_forward, predict, test_sizes, MIXTURE_KEYS)
 from model import ModelConfig, default_sigma_floor, load_model
 from util import precision as px
+from util.flags import device as device_flag, non_negative, positive
 
 
 def parse_args(argv=None):
@@ -40,16 +41,17 @@ def parse_args(argv=None):
     src.add_argument("--checkpoint", help="a train.py checkpoint (ckpt.pt)")
     src.add_argument("--oracle", action="store_true", help="decode the ground truth rendered to targets instead of a network (must give AP ~1.0)")
     src.add_argument("--task", choices=["det", "pose"], help="task (read from the checkpoint when given)")
-    src.add_argument("--m", type=int, default=3, help="mixture components for --oracle (default 3)")
+    src.add_argument("--m", type=non_negative(int), default=3, help="mixture components for --oracle (default 3)")
     data = p.add_argument_group("data (default: the synthetic validation split)")
     data.add_argument("--data", help="COCO 2017 root (annotations/, val2017/)")
     data.add_argument("--ann", help="a COCO-format annotation JSON (with --images)")
     data.add_argument("--images", help="the image folder of --ann")
-    data.add_argument("--split", default="val", help="split of --data or of the synthetic set (default val)")
-    data.add_argument("--input-size", type=int, help="network input side (default: the checkpoint's; 512 for --oracle)")
-    data.add_argument("--oks-sigmas", type=float, nargs="+", metavar="S",
+    data.add_argument("--split", choices=["train", "val", "test"], default="val",
+                      help="split of --data (train, val) or of the synthetic set (train, val, test); default val")
+    data.add_argument("--input-size", type=positive(int), help="network input side (default: the checkpoint's; 512 for --oracle)")
+    data.add_argument("--oks-sigmas", type=positive(float), nargs="+", metavar="S",
                       help="pose: one OKS sigma per joint for keypoint sets other than COCO's 17 whose category has no 'sigmas'")
-    data.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (quick checks; default all)")
+    data.add_argument("--max-images", type=non_negative(int), default=0, help="evaluate only the first N images (quick checks; default all)")
     inf = p.add_argument_group("inference")
     inf.add_argument("--component", default="max", help="'max' (paper), 'mean', a 1-based component index, or 'oracle' "
                                                          "(per peak the component closest to its ground truth) for the All row")
@@ -59,24 +61,27 @@ def parse_args(argv=None):
     inf.add_argument("--flip", action="store_true", help="left-right flip test (not on the synthetic figures: "
                                                          "their colour-coded sides make the mirror image unlike any figure)")
     inf.add_argument("--refine", action="store_true", help="pose: snap joints to hm_hp peaks (CenterNet refinement)")
-    inf.add_argument("--scales", type=float, nargs="+", help="multi-scale test, e.g. 0.5 0.75 1 1.25 1.5 (S5) or 0.75 1 1.25 (S3): input_size * s per scale, merged with soft-NMS (default: one scale, no NMS)")
+    inf.add_argument("--scales", type=positive(float), nargs="+", help="multi-scale test, e.g. 0.5 0.75 1 1.25 1.5 (S5) or 0.75 1 1.25 (S3): input_size * s per scale, merged with soft-NMS (default: one scale, no NMS)")
     inf.add_argument("--soft-nms", choices=["gaussian", "linear"], default="gaussian", help="soft-NMS decay for --scales: gaussian exp(-IoU^2/0.5) (CenterNet's) or linear 1 - IoU above IoU 0.5")
-    inf.add_argument("--topk", type=int, default=100, help="detections per image (default 100)")
-    inf.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default 8)")
-    inf.add_argument("--workers", type=int, default=0, help="data-loader workers (default 0)")
-    inf.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    inf.add_argument("--topk", type=positive(int), default=100, help="detections per image (default 100)")
+    inf.add_argument("--batch-size", type=positive(int), default=8, help="images per inference batch (default 8)")
+    inf.add_argument("--workers", type=non_negative(int), default=0, help="data-loader workers (default 0)")
+    inf.add_argument("--device", type=device_flag, default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     inf.add_argument("--precision", choices=px.PRECISIONS, default="auto",
                      help="auto (default): bf16 autocast + channels_last on a CUDA GPU, fp32 on the CPU "
                           "(the table's title says which)")
-    inf.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; on a busy shared CPU, 1 can be many times faster)")
-    inf.add_argument("--fps", type=int, nargs="?", const=50, default=0, metavar="N", help="also time N images (default 50) one at a time after 5 warm-up images: network + decoding + mapping back + merge, no data loading (Fig. 3)")
+    inf.add_argument("--threads", type=positive(int), help="torch CPU threads (default: torch's; on a busy shared CPU, 1 can be many times faster)")
+    inf.add_argument("--fps", type=non_negative(int), nargs="?", const=50, default=0, metavar="N", help="also time N images (default 50) one at a time after 5 warm-up images: network + decoding + mapping back + merge, no data loading (Fig. 3)")
     out = p.add_argument_group("output")
     out.add_argument("--out", help="folder for results JSON, tables and figures (default: next to the checkpoint)")
     out.add_argument("--analysis", action="store_true", help="the component analyses of analysis/components.py (Fig. 2 / Tables 4-6 / Fig. 5 / latent modes) "
                      "and of analysis/uncertainty.py (an Oracle comp. row, its AP on cue-free figures, AP with ground-truth heads, "
                      "calibration of the mixture), tables printed, figures saved in --out")
-    out.add_argument("--examples", type=int, default=4, help="images drawn for Fig. 5 with --analysis (default 4)")
-    return p.parse_args(argv)
+    out.add_argument("--examples", type=non_negative(int), default=4, help="images drawn for Fig. 5 with --analysis (default 4)")
+    args = p.parse_args(argv)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out {args.out} is a file: give a folder")
+    return args
 
 
 def parse_rule(text):
@@ -157,7 +162,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.oracle:
         if not args.task:
             raise SystemExit("--oracle needs --task det|pose")
@@ -180,15 +185,21 @@ def main(argv=None):
         raise SystemExit("--refine is for pose (it snaps joints to hm_hp peaks)")
     ann, images = (dataset_paths(task, args.split, args.data, args.ann, args.images)
                    or synthetic_coco.ensure_demo_dataset(task)[args.split])
-    ds = CocoDataset(ann, images, task, train=False, input_size=input_size, oks_sigmas=args.oks_sigmas)
+    try:
+        ds = CocoDataset(ann, images, task, train=False, input_size=input_size, oks_sigmas=args.oks_sigmas)
+    except (ValueError, OSError) as e:       # a bad annotation file or folder: the message names it
+        raise SystemExit(str(e)) from None
     if task == "pose" and ds.oks_sigmas is None:
         raise SystemExit(f"{ann}: its {ds.num_joints} keypoints are not COCO's 17 and carry no OKS sigmas: "
                          f"give --oks-sigmas with {ds.num_joints} values or a 'sigmas' list in the category")
     if args.max_images:
         ds.image_ids = ds.image_ids[:args.max_images]
     if model is None:
-        cfg = ModelConfig(task=task, m=args.m, arch="dla34", num_classes=ds.num_classes,
-                          num_joints=ds.num_joints or 17, sigma_floor=default_sigma_floor(task, "dla34"))
+        try:
+            cfg = ModelConfig(task=task, m=args.m, arch="dla34", num_classes=ds.num_classes,
+                              num_joints=ds.num_joints or 17, sigma_floor=default_sigma_floor(task, "dla34"))
+        except ValueError as e:      # --m beyond reason, or a file without categories
+            raise SystemExit(f"--oracle on {ann}: {e}") from None
     elif (ds.num_classes, ds.num_joints) != (cfg.num_classes, cfg.num_joints if task == "pose" else 0):
         raise SystemExit(f"{args.checkpoint} predicts {cfg.num_classes} classes / {cfg.num_joints} joints; "
                          f"{ann} has {ds.num_classes} / {ds.num_joints}")
@@ -212,7 +223,10 @@ def main(argv=None):
                           refine=args.refine, nms_method=args.soft_nms, precision=precision, mixture=mixture, cfg=cfg)
     forward = oracle_forward(cfg) if model is None else network_forward(model, device, inference)
     t0 = time.perf_counter()
-    results = predict(forward, loader, ds.cat_ids, inference, progress=sys.stderr.isatty())
+    try:
+        results = predict(forward, loader, ds.cat_ids, inference, progress=sys.stderr.isatty())
+    except BadImageError as e:
+        raise SystemExit(e.line()) from None
     post_hoc(results, rows, m, ds.coco, task, ds.image_ids, ds.oks_sigmas)
     seconds = time.perf_counter() - t0
     if not results[rows["All"]]:
@@ -234,7 +248,10 @@ def main(argv=None):
         table += f"\nFPS {fps:.2f} images/s on {device.type}{threads} ({args.fps} images, batch 1, after 5 warm-up)"
     print(table)
     out_dir = Path(args.out or (Path(args.checkpoint).parent if args.checkpoint else "runs/oracle"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"--out {out_dir}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
     plain = [{key: v for key, v in r.items() if key not in MIXTURE_KEYS} for r in results[rows["All"]]]
     (out_dir / "results.json").write_text(json.dumps(plain))
     (out_dir / "eval_table.txt").write_text(table + "\n")

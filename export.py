@@ -46,11 +46,15 @@ import torch.nn.functional as F
 
 from decode import decode
 from model import load_model
+from util.flags import non_negative, positive
 
 INSTALL_HINT = "pip install -r requirements-export.txt"
 EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 DET_OUTPUTS = ("boxes", "scores", "classes", "component", "alpha", "sigma", "centers")
 MATCH_PX = 0.05  # output px: two decodings of one peak have centres far closer than this
+# Scores this close are ties: float32 rounding (eager vs onnxruntime, ~1e-7) may order them
+# either way, and an early checkpoint's heatmap is full of them.
+TIE_SCORE = 1e-5
 
 
 def require(*packages):
@@ -161,10 +165,12 @@ def run_eager(detector, image):
 
 
 # ----------------------------------------------------------------------------- verification
-def compare(ref, got, stride=4):
+def compare(ref, got, stride=4, tie=TIE_SCORE):
     """Two decodings (dicts of (B, k, ...) arrays) of the same images: are they the same
     detections? Rows of score 0 (top-k padding past the last peak: ties in any order) are
-    left out. A detection is its class and its centre (within MATCH_PX output px). Returns
+    left out. A detection is its class and its centre (within MATCH_PX output px). Scores
+    within `tie` of each other are ties: their order is not compared, and when all k rows
+    are taken, a detection tied with the k-th score may be replaced by another. Returns
     same_set / same_order / same_components / same_count, the number compared and the
     largest absolute differences: boxes and keypoints in INPUT pixels (output px * stride),
     scores, alpha and sigma (output px)."""
@@ -175,17 +181,25 @@ def compare(ref, got, stride=4):
         rep["same_count"] &= len(r) == len(g)
         near = np.abs(ref["centers"][b, r][:, None] - got["centers"][b, g][None]).max(-1) < MATCH_PX
         same = near & (ref["classes"][b, r][:, None] == got["classes"][b, g][None])   # (len(r), len(g))
+        full = len(r) == ref["scores"].shape[1]            # no padding: the k-th row cut a list
+        last = ref["scores"][b, r].min() if len(r) else 0.0
+        at_cut = lambda score: full and abs(score - last) <= tie   # tied with the k-th: may be left out
         free, pairs = set(range(len(g))), []
         for a, i in enumerate(r):   # each reference detection -> the same detection in `got`, if any
             hits = [c for c in np.flatnonzero(same[a]) if c in free]
             if not hits:
-                rep["same_set"] = False
+                rep["same_set"] &= bool(at_cut(ref["scores"][b, i]))
                 continue
             c = min(hits, key=lambda c: abs(g[c] - i))
             free.discard(c)
             pairs.append((i, g[c]))
-        rep["same_set"] &= not free
-        rep["same_order"] &= rep["same_set"] and all(i == j for i, j in pairs)
+        rep["same_set"] &= all(at_cut(got["scores"][b, g[c]]) for c in free)
+        if pairs:   # same order: j before j' wherever the reference scores i clearly above i'
+            i, j = (np.array(v) for v in zip(*pairs))
+            s = ref["scores"][b, i]
+            clearly = s[:, None] > s[None, :] + tie                           # (n, n)
+            rep["same_order"] &= bool((j[:, None] < j[None, :])[clearly].all())
+        rep["same_order"] &= rep["same_set"]
         if not pairs:
             continue
         i, j = map(list, zip(*pairs))
@@ -262,23 +276,33 @@ def report_line(rep):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a ckpt.pt written by train.py")
-    p.add_argument("--out", required=True, help="the .onnx file to write (one file, weights inside)")
+    p.add_argument("--out", required=True, help="the .onnx file to write (one file, weights inside); not the checkpoint")
     p.add_argument("--dynamic", action="store_true",
                    help="free batch (1..64) and H, W (multiples of the network's size multiple, up to 2048); "
                         "default: a fixed (--batch, 3, S, S) graph")
-    p.add_argument("--input-size", type=int, help="S, the example's (and a fixed graph's) side in pixels "
+    p.add_argument("--input-size", type=positive(int), help="S, the example's (and a fixed graph's) side in pixels "
                                                   "(default: the checkpoint's training input size)")
-    p.add_argument("--batch", type=int, default=1, help="batch of a fixed graph (default 1)")
-    p.add_argument("--topk", type=int, default=100, help="detections per image, k (default 100, as evaluation)")
+    p.add_argument("--batch", type=positive(int), default=1, help="batch of a fixed graph (default 1)")
+    p.add_argument("--topk", type=positive(int), default=100, help="detections per image, k (default 100, as evaluation)")
     p.add_argument("--component", default="max", help="the §3.3 rule: max (default), mean, or a component index")
     p.add_argument("--torch-export", metavar="PT2", help="also save the torch.export program here (.pt2; "
                                                          "torch.export.load(PT2).module()(image))")
-    p.add_argument("--verify", type=int, default=4, metavar="N", help="check onnxruntime against PyTorch on N "
+    p.add_argument("--verify", type=non_negative(int), default=4, metavar="N", help="check onnxruntime against PyTorch on N "
                                                                      "images (default 4; 0: no check)")
-    p.add_argument("--tol", type=float, default=0.05, help="the largest coordinate difference accepted, input px "
+    p.add_argument("--tol", type=positive(float), default=0.05, help="the largest coordinate difference accepted, input px "
                                                            "(default 0.05; measured ~1e-3 at 128 px, ~5e-3 at 512)")
-    p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=positive(int), default=1, help="torch and onnxruntime threads (default 1)")
+    args = p.parse_args(argv)
+    if Path(args.out).suffix.lower() != ".onnx":
+        p.error(f"--out {args.out}: give a file name ending in .onnx")
+    written = [("--out", Path(args.out))] + ([("--torch-export", Path(args.torch_export))] if args.torch_export else [])
+    taken = [("--checkpoint", Path(args.checkpoint))]
+    for flag, path in written:       # an output that is an input, or both outputs one file
+        for other, used in taken:
+            if path.resolve() == used.resolve():
+                p.error(f"{flag} {path} is the {other} file {used}: it would be overwritten; give another name")
+        taken.append((flag, path))
+    return args
 
 
 def main(argv=None):

@@ -16,6 +16,7 @@ reads only that. The --m ladder: 0 = the single-mode CenterNet base (L1 regressi
 mixture heads), M >= 1 = MDN_M. Shapes as in mdn_dense.py's legend.
 """
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ ARCHS = {"hourglass104": (hourglass104, 256, 128), "dla34": (dla34, 256, 32),
 # (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
 IMAGENET_ARCHS = ("dla34",)
 CHECKPOINT_KIND, CHECKPOINT_VERSION = "mdn_dense checkpoint", 2
+# Bounds checked before a network is built: a config (a corrupted or hand-edited checkpoint)
+# asking for more would allocate gigabytes before failing. The paper uses M <= 5.
+MAX_COMPONENTS, MAX_CLASSES, MAX_JOINTS = 64, 10_000, 1_000
 
 
 def default_sigma_floor(task, arch):
@@ -65,12 +69,15 @@ class ModelConfig:
     def __post_init__(self):
         if self.task not in md.REGRESSION_KEY:
             raise ValueError(f"task must be 'det' or 'pose', got {self.task!r}")
-        if self.m < 0:
-            raise ValueError(f"--m must be >= 0, got {self.m}")
+        for name, top in (("m", MAX_COMPONENTS), ("num_classes", MAX_CLASSES), ("num_joints", MAX_JOINTS)):
+            value, low = getattr(self, name), 0 if name == "m" else 1
+            if type(value) is not int or not low <= value <= top:
+                raise ValueError(f"{'--m' if name == 'm' else name} must be an integer in {low}..{top}, got {value!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
-        if self.sigma_floor < 0:
-            raise ValueError(f"sigma floor must be >= 0, got {self.sigma_floor}")
+        if not isinstance(self.sigma_floor, (int, float)) or not math.isfinite(self.sigma_floor) \
+                or self.sigma_floor < 0:
+            raise ValueError(f"sigma floor must be a finite number >= 0, got {self.sigma_floor!r}")
         if self.mdn_head not in ("separate", "shared"):
             raise ValueError(f"mdn_head must be 'separate' or 'shared', got {self.mdn_head!r}")
         if self.backbone_weights and self.arch not in IMAGENET_ARCHS:
@@ -233,11 +240,51 @@ def model_config_of(stored):
     return ModelConfig(**stored)
 
 
+def check_stored(state, cfg):
+    """What predict.py, evaluate.py and export.py read from a checkpoint besides the weights,
+    checked against its ModelConfig cfg: the training input size, and the data's names
+    (category ids, class names; pose: keypoint names, skeleton, flip_idx, OKS sigmas).
+    Raises ValueError naming the field."""
+    size = state.get("train_config", {}).get("input_size")
+    multiple = ARCHS[cfg.arch][2]
+    if size is not None and not (type(size) is int and 0 < size <= 8192 and size % multiple == 0):
+        raise ValueError(f"stored train_config.input_size must be a multiple of {multiple} in "
+                         f"{multiple}..8192 for {cfg.arch}, got {size!r}")
+    data = state.get("data")
+    if data is None:
+        return
+    ints = lambda v, n, top=None: (isinstance(v, list) and len(v) == n and all(
+        type(i) is int and (top is None or 0 <= i < top) for i in v))
+    names = lambda v, n: isinstance(v, list) and len(v) == n and all(isinstance(x, str) for x in v)
+    K = cfg.num_joints
+    checks = [("cat_ids", ints(data.get("cat_ids"), cfg.num_classes), f"{cfg.num_classes} integer COCO category ids"),
+              ("class_names", names(data.get("class_names"), cfg.num_classes), f"{cfg.num_classes} names")]
+    if cfg.task == "pose":
+        flip, sigmas, skeleton = data.get("flip_idx"), data.get("oks_sigmas"), data.get("skeleton", [])
+        checks += [("keypoint_names", names(data.get("keypoint_names"), K), f"{K} names"),
+                   ("flip_idx", ints(flip, K, K) and all(flip[j] == i for i, j in enumerate(flip)),
+                    f"each of the {K} joints' mirror joint in 0..{K - 1}, flipping twice the identity"),
+                   ("skeleton", isinstance(skeleton, list) and all(ints(e, 2, K) for e in skeleton),
+                    f"0-based [i, j] pairs of joints in 0..{K - 1}"),
+                   ("oks_sigmas", sigmas is None or (isinstance(sigmas, list) and len(sigmas) == K and all(
+                       isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in sigmas)),
+                    f"{K} finite numbers > 0")]
+    for field, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"stored data.{field} must be {rule}, got {data.get(field)!r}")
+
+
 def load_model(path, device="cpu"):
-    """(model in eval mode on device, the checkpoint dict) from a checkpoint file."""
+    """(model in eval mode on device, the checkpoint dict) from a checkpoint file, its stored
+    config checked (ModelConfig, check_stored) before the network is built."""
     state = read_checkpoint(path)
     try:
-        model = build_model(model_config_of(state["model_config"]))
+        cfg = model_config_of(state["model_config"])
+        check_stored(state, cfg)
+        bad = [k for k, t in state["model"].items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:   # NaN scores would reach predictions.json as NaN, which is not JSON
+            raise ValueError(f"{len(bad)} weight tensors hold NaN or inf (first: {', '.join(bad[:3])})")
+        model = build_model(cfg)
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: {str(e).splitlines()[0]}") from None

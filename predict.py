@@ -10,11 +10,17 @@ checkpoint predicts here exactly what evaluate.py scores. For each image a pictu
 with the detections coloured by their mixture component (the colours of every figure of the
 project), skeletons for pose and, with --ellipses, each joint's 1-std ellipse (sigma_axis * k_j,
 Eq. (4)); one predictions.json per run holds COCO-style results with component, alpha and sigma.
-Unreadable or unsupported files are listed and skipped. Export to ONNX is export.py.
+Pictures keep each input's path below the common folder of the inputs and its extension
+(photos/a/x.png -> OUT/a/x.png.jpg), so no two inputs share a picture and no picture is
+written over an input. predictions.jsonl grows by one line per detection as images are
+done (what a crash leaves); predictions.json is written at the end. Unreadable or
+unsupported files, and pictures that cannot be drawn, are listed and skipped. Export to
+ONNX is export.py.
 """
 import argparse
 import glob
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +31,7 @@ from tqdm import tqdm
 
 from analysis import plots
 from util import precision as px
+from util.flags import device, positive, probability
 from coco_data import STRIDE, BadImageError, invert_affine, letterbox, read_image
 from inference import Inference, decode_results, network_forward
 from model import load_model
@@ -47,8 +54,34 @@ def find_sources(source):
     return found
 
 
+def picture_names(sources):
+    """{source path: its picture's path relative to --out}: the path below the sources'
+    common folder with its extension kept (x.png and x.jpg, or a/x.jpg and b/x.jpg, get
+    pictures of their own); a video's frames add _000000, _000001, ... before .jpg."""
+    resolved = [p.resolve() for p in sources]
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    return {src: p.relative_to(root) for src, p in zip(sources, resolved)}
+
+
+def check_outputs(source, sources, out):
+    """Refuse an --out whose files would land on inputs: the --source folder itself, or a
+    picture / predictions file that is one of the inputs (both paths named)."""
+    out_r = out.resolve()
+    if Path(source).is_dir() and out_r == Path(source).resolve():
+        raise SystemExit(f"--out {out} is the --source folder {source}: the pictures would be written among "
+                         f"the inputs; give another folder")
+    inputs = {p.resolve(): p for p in sources}
+    outputs = [out / "predictions.json", out / "predictions.jsonl"]
+    outputs += [out / rel.with_name(rel.name + ".jpg") for rel in picture_names(sources).values()]
+    for path in outputs:
+        if path.resolve() in inputs:
+            raise SystemExit(f"--out {out}: the output {path} would be written over the input "
+                             f"{inputs[path.resolve()]}; give another folder")
+
+
 def frames(path):
-    """(name, PIL image) for an image file, or for every frame of a video (PyAV, optional)."""
+    """(frame index or None, PIL image) for an image file (None), or for every frame of a
+    video (PyAV, optional)."""
     if path.suffix.lower() in VIDEO_SUFFIXES:
         try:
             import av
@@ -56,11 +89,11 @@ def frames(path):
             raise BadImageError(f"{path}: videos need PyAV (pip install av)") from None
         with av.open(str(path)) as video:
             for i, frame in enumerate(video.decode(video=0)):
-                yield f"{path.stem}_{i:06d}", frame.to_image().convert("RGB")
+                yield i, frame.to_image().convert("RGB")
         return
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise BadImageError(f"{path}: not an image type this reads ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    yield path.stem, read_image(path, "image")
+    yield None, read_image(path, "image")
 
 
 def as_batch(image, size, image_id):
@@ -73,7 +106,8 @@ def as_batch(image, size, image_id):
 def draw(image, results, info, path, score_thresh, ellipses):
     """The image with its detections, coloured by component, and a legend."""
     w, h = image.size
-    fig = Figure(figsize=(6, 6 * h / w + 0.4))
+    fit = min(1.0, 60 / (6 * h / w))            # a tall image: at most 60 in (6000 px) high
+    fig = Figure(figsize=(6 * fit, 6 * h / w * fit + 0.4))
     ax = fig.add_axes((0, 0.06, 1, 0.94))
     ax.imshow(image)
     shown = [r if ellipses else {k: v for k, v in r.items() if k != "sigma"} for r in results]
@@ -91,23 +125,27 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a train.py checkpoint (ckpt.pt)")
     p.add_argument("--source", required=True, help="an image, a video (with PyAV), a folder, or a glob such as 'imgs/*.jpg'")
-    p.add_argument("--out", help="folder for the pictures and predictions.json (default: predictions/ next to the checkpoint)")
-    p.add_argument("--score-thresh", type=float, default=0.3, help="draw and keep detections scoring at least this (default 0.3)")
-    p.add_argument("--topk", type=int, default=100, help="detections decoded per image before the threshold (default 100)")
-    p.add_argument("--input-size", type=int, help="network input side (default: the checkpoint's training size)")
+    p.add_argument("--out", help="folder for the pictures and predictions.json (default: predictions/ next to the "
+                                 "checkpoint); not the --source folder")
+    p.add_argument("--score-thresh", type=probability, default=0.3, help="draw and keep detections scoring at least this (default 0.3)")
+    p.add_argument("--topk", type=positive(int), default=100, help="detections decoded per image before the threshold (default 100)")
+    p.add_argument("--input-size", type=positive(int), help="network input side (default: the checkpoint's training size)")
     p.add_argument("--flip", action="store_true", help="left-right flip test (averages the image and its mirror)")
     p.add_argument("--refine", action="store_true", help="pose: snap joints to hm_hp peaks (CenterNet's refinement)")
     p.add_argument("--ellipses", action="store_true", help="pose: draw each joint's 1-std uncertainty ellipse")
     p.add_argument("--no-pictures", action="store_true", help="write predictions.json only")
-    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--device", type=device, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--precision", choices=px.PRECISIONS, default="auto",
                    help="auto (default): bf16 on a CUDA GPU, fp32 on the CPU")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        p.error(f"--out {args.out} is a file: give a folder")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = args.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model, state = load_model(args.checkpoint, device)
     except (ValueError, FileNotFoundError) as e:
@@ -126,24 +164,43 @@ def main(argv=None):
                           refine=args.refine, precision=precision)
     forward = network_forward(model, device, inference)
     out = Path(args.out or Path(args.checkpoint).parent / "predictions")
-    out.mkdir(parents=True, exist_ok=True)
     sources, skipped, kept, n = find_sources(args.source), [], [], 0
+    check_outputs(args.source, sources, out)
+    names = picture_names(sources)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lines = open(out / "predictions.jsonl", "w")
+    except OSError as e:
+        raise SystemExit(f"--out {out}: cannot write there ({type(e).__name__}: {e.strerror or e})") from None
     t0 = time.perf_counter()
-    for path in tqdm(sources, desc="predict", unit="file", disable=not sys.stderr.isatty()):
-        try:
-            for name, image in frames(path):
-                n += 1
-                batch = as_batch(image, size, n)
-                with torch.no_grad():
-                    res = decode_results(forward(batch), batch, info["cat_ids"], "max", args.topk, args.refine)
-                res = [dict(r, file_name=str(path), frame=name) for r in res if r["score"] >= args.score_thresh]
-                kept += res
-                if not args.no_pictures:
-                    draw(image, res, info, out / f"{name}.jpg", args.score_thresh, args.ellipses)
-        except BadImageError as e:
-            skipped.append(str(e))
+    with lines:
+        for path in tqdm(sources, desc="predict", unit="file", disable=not sys.stderr.isatty()):
+            try:
+                for frame, image in frames(path):
+                    n += 1
+                    batch = as_batch(image, size, n)
+                    with torch.no_grad():
+                        res = decode_results(forward(batch), batch, info["cat_ids"], "max", args.topk, args.refine)
+                    res = [dict(r, file_name=str(path), **({} if frame is None else {"frame": frame}))
+                           for r in res if r["score"] >= args.score_thresh]
+                    kept += res
+                    lines.writelines(json.dumps(r) + "\n" for r in res)
+                    lines.flush()
+                    if not args.no_pictures:
+                        rel = names[path]
+                        picture = out / rel.with_name(rel.name + ("" if frame is None else f"_{frame:06d}") + ".jpg")
+                        try:
+                            picture.parent.mkdir(parents=True, exist_ok=True)
+                            draw(image, res, info, picture, args.score_thresh, args.ellipses)
+                        except (OSError, ValueError, MemoryError) as e:   # e.g. 100 x 20000 px: too tall to draw
+                            skipped.append(f"{path}: its detections are kept, its picture cannot be drawn "
+                                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            except BadImageError as e:
+                skipped.append(str(e))
     seconds = time.perf_counter() - t0
-    (out / "predictions.json").write_text(json.dumps(kept))
+    tmp = out / f".predictions.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(kept))
+    tmp.replace(out / "predictions.json")
     for reason in skipped:
         print(f"skipped: {reason}")
     print(f"{n} images, {len(kept)} detections >= {args.score_thresh}, {n / max(seconds, 1e-9):.1f} images/s "

@@ -445,5 +445,11 @@ def make_dataset(root, task, split, num_images, image_size=128, seed=0, **params
 def ensure_demo_dataset(task, root="data/synthetic"):
     """The default demo dataset: {"train" | "val" | "test": (ann_file, image_dir)}: 2000 train
     and 250 val images of 128x128 with default parameters and seed 0 (tune on val), and 250
-    test images with seed 1 (report on test)."""
-    return {split: make_dataset(root, task, split, n, seed=DEMO_SEEDS[split]) for split, n in DEMO_NUM_IMAGES.items()}
+    test images with seed 1 (report on test). Generated on first use; a folder the user cannot
+    write (a read-only clone) is one line saying what to do."""
+    try:
+        return {split: make_dataset(root, task, split, n, seed=DEMO_SEEDS[split]) for split, n in DEMO_NUM_IMAGES.items()}
+    except OSError as e:
+        raise SystemExit(f"cannot write the synthetic demo set in {Path(root).resolve()} "
+                         f"({type(e).__name__}: {e.strerror or e}): run from a folder you can write "
+                         f"(it is created there), or give --ann / --images") from None

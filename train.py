@@ -28,14 +28,16 @@ from tqdm import tqdm
 import mdn_dense as md
 import synthetic_coco
 from annotations import dataset_paths
-from coco_data import CocoDataset
+from coco_data import BadImageError, CocoDataset
 from inference import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, load_backbone_weights, read_checkpoint
 from util import precision as px
+from util.flags import non_negative, positive, probability
 from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
 from analysis.plots import plot_history
 from util.weights import is_hub_name
-from util.rundir import RunLock, init_from, next_run_folder, resume_state, save_run
+from util.rundir import (RunLock, check_run_folder, init_from, last_good_checkpoint, next_run_folder, resume_state,
+                         run_name, save_run, stop_on_signals)
 
 @dataclass
 class TrainConfig:
@@ -85,8 +87,11 @@ def test_dataset(cfg, task):
     """The held-out split (None without one): built like the validation split."""
     if not cfg.test_ann:
         return None
-    return CocoDataset(cfg.test_ann, cfg.test_images, task, train=False, input_size=cfg.input_size,
-                       oks_sigmas=cfg.oks_sigmas)
+    try:
+        return CocoDataset(cfg.test_ann, cfg.test_images, task, train=False, input_size=cfg.input_size,
+                           oks_sigmas=cfg.oks_sigmas)
+    except (ValueError, OSError) as e:
+        raise SystemExit(str(e)) from None
 
 
 def datasets(cfg, task):
@@ -94,10 +99,13 @@ def datasets(cfg, task):
     # max(h, w) at the image centre, no flip, no colour), so a run can fit its images exactly.
     augmentation = (dict(flip_prob=cfg.flip_prob) if cfg.augment else
                     dict(scales=(1.0,), random_center=False, flip_prob=0.0, color_aug=False))
-    train = CocoDataset(cfg.ann, cfg.images, task, train=True, input_size=cfg.input_size,
-                        oks_sigmas=cfg.oks_sigmas, **augmentation)
-    val = CocoDataset(cfg.val_ann, cfg.val_images, task, train=False, input_size=cfg.input_size,
-                      oks_sigmas=cfg.oks_sigmas)
+    try:
+        train = CocoDataset(cfg.ann, cfg.images, task, train=True, input_size=cfg.input_size,
+                            oks_sigmas=cfg.oks_sigmas, **augmentation)
+        val = CocoDataset(cfg.val_ann, cfg.val_images, task, train=False, input_size=cfg.input_size,
+                          oks_sigmas=cfg.oks_sigmas)
+    except (ValueError, OSError) as e:       # a bad annotation file: its own message names it
+        raise SystemExit(str(e)) from None
     for ds in (train, val):
         if task == "pose" and ds.oks_sigmas is None:
             raise SystemExit(f"{ds.ann_file}: its {ds.num_joints} keypoints are not COCO's 17 and carry no OKS "
@@ -151,21 +159,32 @@ def train(model_cfg, cfg, resume=False):
     if cfg.batch_size % world:
         raise SystemExit(f"--batch-size {cfg.batch_size} is the global batch: it must be a multiple "
                          f"of the {world} processes")
-    if rank == 0:
-        with RunLock(out):   # one run per folder; only rank 0 writes
+    try:
+        with stop_on_signals():
+            if rank == 0:
+                with RunLock(out):   # one run per folder; only rank 0 writes
+                    return _train(model_cfg, cfg, resume, rank, world, device)
             return _train(model_cfg, cfg, resume, rank, world, device)
-    return _train(model_cfg, cfg, resume, rank, world, device)
+    except KeyboardInterrupt as e:   # SIGINT or SIGTERM; the lock is released by now
+        raise SystemExit(f"{out}: stopped by {str(e) or 'SIGINT'}. Last good checkpoint: "
+                         f"{last_good_checkpoint(out)}; continue with --resume") from None
+    except BadImageError as e:
+        raise SystemExit(f"{e.line()}. Last good checkpoint: {last_good_checkpoint(out)}; fix or remove "
+                         f"the image, then run again (with --resume once a checkpoint exists)") from None
 
 
 def _train(model_cfg, cfg, resume, rank, world, device):
     out = Path(cfg.out)
     ckpt_path = out / "ckpt.pt"
-    if rank == 0 and ckpt_path.exists() and not resume:
-        raise SystemExit(f"{ckpt_path} exists: pass --resume to continue it or --out to start elsewhere")
+    if rank == 0:
+        check_run_folder(out, resume)
     torch.manual_seed(cfg.seed)
     train_set, val_set = datasets(cfg, model_cfg.task)
-    model_cfg = dataclasses.replace(model_cfg, num_classes=train_set.num_classes,
-                                    num_joints=train_set.num_joints or model_cfg.num_joints)
+    try:
+        model_cfg = dataclasses.replace(model_cfg, num_classes=train_set.num_classes,
+                                        num_joints=train_set.num_joints or model_cfg.num_joints)
+    except ValueError as e:          # e.g. a file without categories: no class to detect
+        raise SystemExit(f"{cfg.ann}: {e}") from None
     model = build_model(model_cfg).to(device)
     if cfg.init and not resume:
         copied, skipped = init_from(model, cfg.init)
@@ -188,7 +207,8 @@ def _train(model_cfg, cfg, resume, rank, world, device):
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         if start_epoch >= cfg.epochs and rank == 0:
-            print(f"--resume: {ckpt_path} already finished its {cfg.epochs} epochs; nothing to train")
+            print(f"--resume: {ckpt_path} already finished its {cfg.epochs} epochs; nothing to train"
+                  + ("" if "AP" in history[-1] else "; its final evaluation was interrupted: running it"))
     cuda = device.type == "cuda"
     precision = px.resolve(cfg.precision, device)
     if rank == 0:
@@ -199,9 +219,11 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     net = torch.nn.parallel.DistributedDataParallel(model, [device] if cuda else None) if world > 1 else model
     step_fn = torch.compile(net) if cfg.compile else net
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    # Workers start afresh each epoch, seeded from the per-epoch seed below: persistent
+    # workers would carry their random state from epoch to epoch, so a resumed run would
+    # draw other augmentations than an uninterrupted one.
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size // world, sampler=sampler,
-                                         num_workers=cfg.workers, pin_memory=cuda, drop_last=True,
-                                         persistent_workers=cfg.workers > 0)
+                                         num_workers=cfg.workers, pin_memory=cuda, drop_last=True)
     try:  # an epoch with no step would save an untrained model as if it were trained
         train_set.check_trainable(cfg.batch_size)
     except ValueError as e:
@@ -219,6 +241,17 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     meta = dict(train_config=dataclasses.asdict(cfg), data=train_set.info())
     stats = None
     last_good = f"{ckpt_path} (after epoch {history[-1]['epoch'] + 1})" if history else "none yet"
+
+    def evaluate_and_save(epoch, line):
+        stats = evaluate_model(model, val_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
+        if rank == 0:
+            line["AP"] = float(stats["All"][0])
+            if "All+ref" in stats:
+                line["AP_refined"] = float(stats["All+ref"][0])
+            line["AP_components"] = {k: float(v[0]) for k, v in stats.items() if not k.startswith("All")}
+            save_run(out, model, optimizer, epoch, history, last_good, **meta)
+        return stats
+
     for epoch in range(start_epoch, cfg.epochs):
         # Seeding per epoch makes a resumed run see the same batches and augmentations as
         # an uninterrupted one (the sampler's order comes from seed + epoch too).
@@ -255,19 +288,15 @@ def _train(model_cfg, cfg, resume, rank, world, device):
             save_run(out, model, optimizer, epoch, history, last_good, **meta)
             last_good = f"{ckpt_path} (after epoch {epoch + 1})"
         if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch == cfg.epochs - 1:
-            stats = evaluate_model(model, val_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
-            if rank == 0:
-                line["AP"] = float(stats["All"][0])
-                if "All+ref" in stats:
-                    line["AP_refined"] = float(stats["All+ref"][0])
-                line["AP_components"] = {k: float(v[0]) for k, v in stats.items() if not k.startswith("All")}
-                save_run(out, model, optimizer, epoch, history, last_good, **meta)
+            stats = evaluate_and_save(epoch, line)
         if rank == 0:
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {line['total']:.4f}  "
                   f"lr {line['lr']:.2e}  {line['time']:.0f}s" + (f"  AP {line['AP']:.3f}" if "AP" in line else ""))
+    if start_epoch >= cfg.epochs and "AP" not in history[-1]:   # the final evaluation was interrupted
+        stats = evaluate_and_save(cfg.epochs - 1, history[-1])
     test_stats = None
     test_set = test_dataset(cfg, model_cfg.task)
-    if test_set is not None and start_epoch < cfg.epochs:
+    if test_set is not None and "AP_test" not in history[-1]:
         test_stats = evaluate_model(model, test_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
         if rank == 0:
             history[-1]["AP_test"] = float(test_stats["All"][0])
@@ -283,32 +312,6 @@ def _train(model_cfg, cfg, resume, rank, world, device):
 
 
 # ----------------------------------------------------------------------------- command line
-def positive(kind):
-    """argparse type: a number > 0 (the flag's name is added by argparse's message)."""
-    def parse(text):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-    return parse
-
-
-def non_negative(kind):
-    def parse(text):
-        value = kind(text)
-        if not value >= 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-    return parse
-
-
-def probability(text):
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
 def parse_args(argv=None):
     demo = PRESETS["small_dla"]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -442,7 +445,7 @@ def config_from_args(args):
                       lr_schedule=args.lr_schedule or preset.get("lr_schedule", "step"),
                       warmup=args.warmup if args.warmup is not None else preset.get("warmup", 0.0),
                       flip_prob=flip_prob, augment=not args.no_augment, workers=args.workers, seed=args.seed,
-                      out=args.out or str(next_run_folder(f"runs/{args.task}_m{args.m}", args.resume)),
+                      out=args.out or str(next_run_folder(Path("runs") / run_name(args.task, args.m), args.resume)),
                       eval_every=args.eval_every,
                       # resolved here, so a checkpoint says what it was trained in (auto may differ elsewhere)
                       precision=px.resolve(args.precision, torch.device("cuda" if torch.cuda.is_available() else "cpu")),

@@ -24,10 +24,7 @@ from analysis import plots
 from coco_data import CocoDataset
 from inference import Inference, network_forward, predict
 from model import load_model
-
-
-def history(run):
-    return [json.loads(line) for line in (Path(run) / "log.jsonl").read_text().splitlines()]
+from util.rundir import read_log
 
 
 def main(argv=None):
@@ -50,14 +47,14 @@ def main(argv=None):
             n = len(json.loads(Path(cfg["train"]["ann"]).read_text())["images"])
             task = cfg["model"]["task"]
             runs[f"{task} ({'keypoint' if task == 'pose' else 'box'} AP), {n} images, "
-                 f"{cfg['train']['input_size']} px"] = history(run)
+                 f"{cfg['train']['input_size']} px"] = read_log(run)
         print("wrote", plots.convergence(runs, out / "overfit.png", "overfit the real sample (--no-augment)",
                                              split="training images"))
         return
     model, state = load_model(Path(args.mdn) / "ckpt.pt")
-    runs = {f"MDN_{model.cfg.m}": history(args.mdn)}
+    runs = {f"MDN_{model.cfg.m}": read_log(args.mdn)}
     if args.base:
-        runs["base (L1)"] = history(args.base)
+        runs["base (L1)"] = read_log(args.base)
     plots.convergence(runs, out / "convergence.png", f"Fig. 4: {model.cfg.task}, {model.cfg.arch}")
     cfg = state["train_config"]
     ann, images = (cfg["test_ann"], cfg["test_images"]) if cfg.get("test_ann") else (cfg["val_ann"], cfg["val_images"])

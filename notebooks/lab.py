@@ -2,8 +2,9 @@
 
   train_run      train a run with train.main (what `python train.py ...` runs), or reuse a
                  finished one trained with the settings the command resolves to now;
-                 a run trained with other settings is moved aside, an unfinished one resumed
-  read_log       a run's log.jsonl, one dict per epoch
+                 a run trained with other settings is moved aside (never deleted), an
+                 unfinished one resumed
+  read_log       a run's log.jsonl, one dict per epoch (util.rundir.read_log)
   evaluate_run   a checkpoint on the validation split its run used: one COCOeval per
                  component rule (the "Comp." rows of Tables 1 and 3)
   run_dataset    a split of a run's data as evaluation reads it
@@ -18,7 +19,6 @@ notebooks keep their display code and this file can be tested like any other.
 """
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import re
@@ -34,11 +34,15 @@ from coco_data import CocoDataset
 from inference import Inference, component_rules, evaluate_rows, network_forward, predict
 from model import load_model, read_checkpoint
 from annotations import COCO_PERSON_SKELETON, skeleton_pairs
+from util.rundir import read_log, run_name, set_aside
 
 SKELETON = skeleton_pairs(COCO_PERSON_SKELETON)
 # Not settings of a run: train.py reads the model's classes and joints from the data, and
 # the folder is wherever the run now lies.
 NOT_SETTINGS = ("model.num_classes", "model.num_joints", "train.out")
+# Marks a run that train_run(fresh=True) trained: a scratch run (the notebooks' smoke runs),
+# the one kind the next fresh run replaces instead of moving it aside.
+SCRATCH = ".scratch"
 
 
 # ----------------------------------------------------------------------------- data
@@ -90,14 +94,18 @@ def train_run(runs, task, m, args=(), fresh=False):
     """Train runs/<task>_m<m> with train.main(["--task", task, "--m", m, "--out", ..., *args])
     unless a finished run with exactly these settings is there; returns its ckpt.pt.
 
-    A checkpoint trained with other settings (or unreadable by this code) is moved to
-    <task>_m<m>_stale; an unfinished one is continued with --resume. fresh=True deletes
-    the folder first (smoke runs)."""
-    out = Path(runs) / f"{task}_m{m}"
+    A checkpoint trained with other settings (or unreadable by this code) is moved to the
+    first free <task>_m<m>_stale, _stale_2, ...; an unfinished one is continued with
+    --resume. fresh=True (smoke runs) trains anew: a run already there is moved to
+    <task>_m<m>_old (_old_2, ...), unless it is itself a scratch run of an earlier fresh
+    call (marked SCRATCH), which is replaced. Nothing else is deleted."""
+    out = Path(runs) / run_name(task, m)
     argv = ["--task", task, "--m", str(m), "--out", str(out), *map(str, args)]
     ckpt = out / "ckpt.pt"
-    if fresh:
-        shutil.rmtree(out, ignore_errors=True)
+    if fresh and (out / SCRATCH).exists():
+        shutil.rmtree(out)
+    elif fresh and out.exists():
+        print(f"fresh run: moved {out} to {set_aside(out, 'old')}")
     if ckpt.exists():
         try:
             state = read_checkpoint(ckpt)
@@ -106,10 +114,7 @@ def train_run(runs, task, m, args=(), fresh=False):
         except ValueError as e:
             state, why = None, f"cannot be continued ({e})"
         if why:
-            stale = out.with_name(out.name + "_stale")
-            shutil.rmtree(stale, ignore_errors=True)
-            out.rename(stale)
-            print(f"{out} {why}; moved it to {stale}")
+            print(f"{out} {why}; moved it to {set_aside(out, 'stale')}")
         elif state["epoch"] + 1 >= state["train_config"]["epochs"]:
             print(f"reusing the finished run {out} ({state['epoch'] + 1} epochs); delete it to train again")
             return ckpt
@@ -118,15 +123,10 @@ def train_run(runs, task, m, args=(), fresh=False):
     print("python train.py " + " ".join(argv))
     t0 = time.perf_counter()
     train.main(argv)
+    if fresh and out.is_dir():
+        (out / SCRATCH).touch()
     print(f"trained in {time.perf_counter() - t0:.0f} s")
     return ckpt
-
-
-def read_log(run):
-    """log.jsonl of a run (its folder or its ckpt.pt): one dict per epoch."""
-    run = Path(run)
-    folder = run.parent if run.suffix == ".pt" else run
-    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
 
 
 def evaluate_run(ckpt, rows=None, extra_rules=(), flip=False, refine=False, batch_size=16):

@@ -1,5 +1,6 @@
 """Bad input to coco_data.py: annotation files and images that must raise an error naming
-the file (and the record), never load as silently wrong data. Nothing here renders a
+the file (and the record), never load as silently wrong data (ids and fields that COCOeval
+would mis-score included); phone photos read upright (EXIF orientation). Nothing here renders a
 Gaussian, so these tests also run in the student copy (draw_gaussian blanked)."""
 import json
 
@@ -59,6 +60,47 @@ def test_sixteen_bit_images_scale_and_float_or_int32_are_refused(tmp_path):
         with pytest.raises(cd.BadImageError, match=rf"image id {img_id}: {image_dir / name}: "
                                                    rf"mode '{mode}'.*convert it to 8 bits"):
             ds.load_image(img_id)
+
+def exif_photo(path, upright, orientation=6):
+    """Save PIL `upright` as a phone stores it: pixels turned so that EXIF orientation
+    `orientation` (6: rotate 90 degrees clockwise to view) shows them upright."""
+    stored = upright.transpose({6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270,
+                                3: Image.Transpose.ROTATE_180}[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif)
+    return stored
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    upright = Image.fromarray(np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 3)   # 6 wide, 4 high
+    exif_photo(tmp_path / "phone.png", upright, orientation)
+    image = cd.read_image(tmp_path / "phone.png")
+    assert image.size == (6, 4) and np.array_equal(np.asarray(image), np.asarray(upright))
+    assert image.info["orientation"] == orientation
+    upright.save(tmp_path / "plain.png")
+    assert cd.read_image(tmp_path / "plain.png").info["orientation"] == 1
+
+
+def test_the_size_check_names_exif_when_it_explains_a_mismatch(tmp_path):
+    """A set annotated on the stored (sideways) pixels of phone photos: the photo is read
+    upright, so its size disagrees, and the message says that EXIF is why."""
+    upright = Image.fromarray(np.full((40, 60, 3), 90, np.uint8))
+    data = _good()
+    data["images"] = [dict(id=1, file_name="a.png", width=40, height=60)]   # the stored, sideways size
+    data["annotations"] = [dict(data["annotations"][0], bbox=[1, 2, 10, 20])]
+    ann_file, image_dir = write_coco(tmp_path, data["images"], data["annotations"], data["categories"])
+    exif_photo(image_dir / "a.png", upright)
+    ds = cd.CocoDataset(ann_file, image_dir, "pose")
+    with pytest.raises(cd.BadImageError, match=r"image id 1: .*a.png is 60x40 once its EXIF orientation 6 is "
+                                               r"applied .*the stored pixels are 40x60.*the annotations say 40x60"):
+        ds.load_image(1)
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(image_dir / "a.png")   # no tag: the plain message
+    with pytest.raises(cd.BadImageError, match=r"a.png is 40x30, the annotations say 40x60") as err:
+        ds.load_image(1)
+    assert "EXIF" not in str(err.value)
+
 
 def test_bad_images_raise_or_skip(tmp_path):
     images = [dict(id=11, file_name="ok.png", width=32, height=32),
@@ -232,6 +274,36 @@ BAD_CATEGORIES = [
     (_category(sigmas=[0.05] * 16 + ["0.05"]), r"category id 1: sigmas must be 17 finite"),
     (_category(sigmas=0.05), r"category id 1: sigmas must be 17 finite"),
 ]
+
+
+MISSCORED = [  # what COCOeval would score wrong without a word: refused, naming the id and field
+    (_set("annotations", 1, "id", 7), r"annotation id 7: id appears more than once"),
+    (_set("images", 1, "id", 1), r"image id 1: id appears more than once"),
+    (_set("images", 0, "id", "img_1"), r"image id 'img_1': id must be an integer"),
+    (_set("annotations", 0, "id", "7"), r"annotation id '7': id must be an integer"),
+    (_set("annotations", 0, "id", 7.0), r"annotation id 7.0: id must be an integer"),
+    (_set("categories", 0, "id", "person"), r"category id 'person': id must be an integer"),
+    (_set("annotations", 0, "keypoints", -1, 2), r"annotation id 7: keypoints visibility must be 0, 1 or 2 .*\[-1\]"),
+    (_set("annotations", 0, "keypoints", 3, 2), r"annotation id 7: keypoints visibility must be 0, 1 or 2 .*\[3\]"),
+    (_set("annotations", 0, "keypoints", 1.5, 2), r"annotation id 7: keypoints visibility must be 0, 1 or 2"),
+    (_set("annotations", 0, "num_keypoints", 0), r"annotation id 7: num_keypoints 0 but 2 joints have v > 0"),
+    (_set("annotations", 1, "num_keypoints", 3), r"annotation id 8: num_keypoints 3 but 0 joints have v > 0"),
+    (_category(skeleton=[[0, 1]]), r"category id 1: skeleton must be 1-based \[i, j\] pairs of joints in 1..17"),
+    (_category(skeleton=[[16, 18]]), r"category id 1: skeleton must be 1-based"),
+    (_category(skeleton=[[1, 2, 3]]), r"category id 1: skeleton must be 1-based"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(MISSCORED)))
+def test_ids_and_fields_cocoeval_would_misscore_are_refused(tmp_path, case):
+    edit, message = MISSCORED[case]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(_broken(edit)))
+    with pytest.raises(ValueError, match=message) as err:
+        an.load_coco(path)
+    assert str(err.value).startswith(f"{path}: ")
+    path.write_text(json.dumps(_good()))
+    assert len(an.load_coco(path).anns) == 2                     # the file unbroken loads
 
 
 @pytest.mark.parametrize("case", range(len(BAD_CATEGORIES)))

@@ -66,6 +66,70 @@ def test_oracle_real_sample(task, tmp_path):
     assert ap >= MIN_ORACLE_AP["real", task]
 
 
+def _repeat_an_id(data):
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]
+
+
+def _num_keypoints_zero(data):
+    for a in data["annotations"]:
+        a["num_keypoints"] = 0
+
+
+# (task, edit, the oracle AP pycocotools gives the edited file, measured: det 0.956, pose
+# 0.889, pose -1 ("-": every person ignored); the message that refuses it now)
+MISSCORED = [("det", _repeat_an_id, 0.97, r"annotation id 1: id appears more than once"),
+             ("pose", _repeat_an_id, 0.95, r"annotation id 1: id appears more than once"),
+             ("pose", _num_keypoints_zero, 0.0, r"annotation id 1: num_keypoints 0 but \d+ joints have v > 0")]
+
+
+@pytest.mark.parametrize("case", range(len(MISSCORED)))
+def test_files_cocoeval_would_misscore_are_refused(synthetic, case, tmp_path, monkeypatch):
+    """Before: the file loaded and the oracle, a perfect prediction, scored below 1 without a
+    word. After: one line naming the file, the annotation id and the field."""
+    import annotations
+    task, edit, ap_below, message = MISSCORED[case]
+    ann, images = synthetic[task]
+    data = json.loads(Path(ann).read_text())
+    edit(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    args = ("--m", "1", "--input-size", "128")
+    assert oracle_ap(ann, images, task, tmp_path / "good", *args) >= MIN_ORACLE_AP["synthetic", task]
+    with monkeypatch.context() as unchecked:              # before: the checks were not there
+        unchecked.setattr(annotations, "check_ids", lambda *a: None)
+        unchecked.setattr(annotations, "check_visibility", lambda *a: None)
+        assert oracle_ap(bad, images, task, tmp_path / "before", *args) < ap_below
+    with pytest.raises(SystemExit, match=rf"^{bad}: {message}"):
+        oracle_ap(bad, images, task, tmp_path / "after", *args)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--max-images", "-1", "argument --max-images: must be >= 0, got -1"),
+    ("--topk", "0", "argument --topk: must be > 0, got 0"),
+    ("--input-size", "-32", "argument --input-size: must be > 0, got -32"),
+    ("--batch-size", "0", "argument --batch-size: must be > 0, got 0"),
+    ("--workers", "-1", "argument --workers: must be >= 0, got -1"),
+    ("--scales", "0", "argument --scales: must be > 0, got 0"),
+    ("--m", "-1", "argument --m: must be >= 0, got -1"),
+    ("--split", "tset", "argument --split: invalid choice: 'tset'"),
+    ("--device", "cuda:99", "argument --device: cuda:99"),
+])
+def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys):
+    with pytest.raises(SystemExit, match="^2$"):
+        evaluate.parse_args([flag, value])
+    assert message in capsys.readouterr().err
+
+
+def test_an_existing_file_as_out_and_a_bad_annotation_file_are_one_line(tmp_path, capsys):
+    (tmp_path / "table.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="^2$"):
+        evaluate.parse_args(["--oracle", "--task", "det", "--out", str(tmp_path / "table.txt")])
+    assert "--out" in capsys.readouterr().err and (tmp_path / "table.txt").read_text() == "mine"
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match=rf"^{tmp_path / 'bad.json'}: missing list 'images'$"):
+        evaluate.main(["--oracle", "--task", "det", "--ann", str(tmp_path / "bad.json"), "--images", str(tmp_path)])
+
+
 @pytest.mark.parametrize("task", ["det", "pose"])
 def test_multiscale_oracle_merges_duplicates(synthetic, task, tmp_path):
     """Every scale finds every object: soft-NMS must decay the copies below the originals,
@@ -423,3 +487,18 @@ def test_latent_modes_ground_truth_oracle(synthetic):
     with contextlib.redirect_stdout(io.StringIO()):
         plain.createIndex()
     assert analysis.latent_mode_agreement(gt_results(plain, lambda a: 0), plain, "pose", an.COCO_PERSON_SIGMAS) == {}
+
+
+def test_a_missing_image_is_one_line(synthetic, tmp_path):
+    import shutil
+    ann, images = synthetic["det"]
+    shutil.copytree(images, tmp_path / "images")
+    (tmp_path / "images" / "000001.jpg").unlink()
+    with pytest.raises(SystemExit, match=r"^image id 2: file not found: .*000001.jpg$"):
+        oracle_ap(ann, tmp_path / "images", "det", tmp_path / "out", "--workers", "1")
+
+
+def test_oracle_components_beyond_reason_are_one_line(synthetic, tmp_path):
+    ann, images = synthetic["det"]
+    with pytest.raises(SystemExit, match=r"^--oracle on .*: --m must be an integer in 0..64, got 100000$"):
+        oracle_ap(ann, images, "det", tmp_path, "--m", "100000")

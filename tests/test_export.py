@@ -9,6 +9,7 @@ trained net's output range (separated heatmap peaks, a clear argmax of the mixtu
 offsets of a few output pixels).
 """
 import json
+import re
 import sys
 
 import numpy as np
@@ -167,3 +168,68 @@ def test_missing_packages_name_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxscript", None)   # import onnxscript now raises ImportError
     with pytest.raises(SystemExit, match=r"needs onnxscript, .*pip install -r requirements-export.txt"):
         export.require(*export.EXPORT_PACKAGES)
+
+
+def test_near_tied_scores_are_not_an_order_or_set_change():
+    """Scores 1e-7 apart (float32 rounding in one runtime and not the other) may come in
+    either order, and a detection tied with the k-th may be swapped for another tied one."""
+    g = np.random.default_rng(0)
+    ref = dict(scores=np.array([[0.9, 0.5 + 1e-7, 0.5, 0.4 + 1e-7]]), classes=np.zeros((1, 4), int),
+               component=np.zeros((1, 4), int), centers=g.uniform(0, 30, (1, 4, 2)),
+               boxes=g.uniform(0, 30, (1, 4, 4)), alpha=np.ones((1, 4)), sigma=np.ones((1, 4, 2)))
+    swap = lambda d, i, j: {k: v[:, [j if n == i else i if n == j else n for n in range(4)]] for k, v in d.items()}
+    tied = export.compare(ref, swap(ref, 1, 2))
+    assert tied["same_set"] and tied["same_order"]
+    assert not export.compare(ref, swap(ref, 0, 1))["same_order"]          # 0.9 vs 0.5: a real change
+    cut = {k: v.copy() for k, v in ref.items()}                            # all k rows taken: the last is a cut
+    cut["scores"][0, 3], cut["centers"][0, 3] = 0.4, [40.0, 40.0]           # another peak tied with the k-th
+    assert export.compare(ref, cut)["same_set"] and export.compare(ref, cut)["same_order"]
+    cut["scores"][0, 3] = 0.3                                               # not tied: a different top-k
+    assert not export.compare(ref, cut)["same_set"]
+
+
+def test_an_early_checkpoint_exports_without_a_false_mismatch(tmp_path):
+    """An untrained network in eval mode: nearly constant maps, top-k full of near ties."""
+    ann, images = make_dataset(tmp_path / "data", "det", "val", 2, image_size=64)
+    ds = CocoDataset(ann, images, "det", train=False, input_size=64)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task="det", m=3, arch="small_dla", num_classes=ds.num_classes))
+    save_checkpoint(tmp_path / "early.pt", model, data=ds.info(), train_config=dict(input_size=64, val_ann=ann,
+                                                                                    val_images=images))
+    rep = export.main(["--checkpoint", str(tmp_path / "early.pt"), "--out", str(tmp_path / "early.onnx"),
+                       "--verify", "2"])
+    assert rep["same_set"] and rep["same_order"] and rep["detections"] > 0
+
+
+def test_outputs_never_overwrite_the_checkpoint(checkpoints, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(checkpoints["det"][0].read_bytes())
+    before = ckpt.read_bytes()
+    for argv, message in ((["--out", str(ckpt)], "give a file name ending in .onnx"),
+                          (["--out", str(tmp_path / "m.onnx"), "--torch-export", str(ckpt)],
+                           f"--torch-export {ckpt} is the --checkpoint file"),
+                          (["--out", str(tmp_path / "m.onnx"), "--torch-export", str(tmp_path / "m.onnx")],
+                           "--torch-export .*m.onnx is the --out file")):
+        with pytest.raises(SystemExit, match="^2$"):
+            export.parse_args(["--checkpoint", str(ckpt), *argv])
+        assert re.search(message, capsys.readouterr().err)
+    onnx_named = tmp_path / "ckpt.onnx"                     # a checkpoint named .onnx
+    onnx_named.write_bytes(before)
+    with pytest.raises(SystemExit, match="^2$"):
+        export.parse_args(["--checkpoint", str(onnx_named), "--out", str(tmp_path / "." / "ckpt.onnx")])
+    assert "is the --checkpoint file" in capsys.readouterr().err
+    assert ckpt.read_bytes() == before == onnx_named.read_bytes()
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--topk", "0", "argument --topk: must be > 0, got 0"),
+    ("--batch", "0", "argument --batch: must be > 0, got 0"),
+    ("--input-size", "-32", "argument --input-size: must be > 0, got -32"),
+    ("--verify", "-1", "argument --verify: must be >= 0, got -1"),
+    ("--tol", "0", "argument --tol: must be > 0, got 0"),
+    ("--threads", "0", "argument --threads: must be > 0, got 0"),
+])
+def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys):
+    with pytest.raises(SystemExit, match="^2$"):
+        export.parse_args(["--checkpoint", "c.pt", "--out", "m.onnx", flag, value])
+    assert message in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """lab.py, the notebooks' helper, on a tiny synthetic set (16 images, 1 epoch at 64 px):
-a finished run is reused, a changed setting or an unreadable checkpoint moves it aside, an
-unfinished one is resumed, evaluation rows are the Table 1 layout, annotations skip crowds."""
+a finished run is reused, a changed setting, an unreadable checkpoint or a fresh start moves
+it aside (nothing is deleted), an unfinished one is resumed, evaluation rows are the Table 1 layout, annotations skip crowds."""
 import json
 import shutil
 
@@ -92,10 +92,38 @@ def test_unfinished_run_is_resumed(finished, shapes, spy, tmp_path):
     assert len(spy) == 1 and spy[0][-1] == "--resume" and not (runs / "det_m3_stale").exists()
 
 
-def test_fresh_deletes_the_run_first(finished, shapes, spy, tmp_path):
+def test_fresh_moves_the_run_aside_first(finished, shapes, spy, tmp_path, capsys):
     runs, ckpt = copy_run(finished, tmp_path)
+    before = ckpt.read_bytes()
     lab.train_run(runs, "det", 3, args_for(shapes), fresh=True)
     assert not ckpt.parent.exists() and len(spy) == 1 and "--resume" not in spy[0]
+    assert (runs / "det_m3_old" / "ckpt.pt").read_bytes() == before and "moved" in capsys.readouterr().out
+
+
+def test_nothing_deletes_a_finished_run(finished, shapes, spy, tmp_path):
+    """Two changes of settings in a row: both older runs are kept (the second move does not
+    replace the first), and so are two fresh restarts."""
+    runs, ckpt = copy_run(finished, tmp_path)
+    before = ckpt.read_bytes()
+    lab.train_run(runs, "det", 3, args_for(shapes, "--lr", "1e-3"))
+    shutil.copytree(runs / "det_m3_stale", runs / "det_m3")             # as if that run had been trained
+    lab.train_run(runs, "det", 3, args_for(shapes, "--lr", "2e-3"))
+    assert [(runs / f"det_m3_{s}" / "ckpt.pt").read_bytes() == before for s in ("stale", "stale_2")] == [True, True]
+    for _ in range(2):
+        shutil.copytree(runs / "det_m3_stale", runs / "det_m3")
+        lab.train_run(runs, "det", 3, args_for(shapes), fresh=True)
+    assert (runs / "det_m3_old" / "ckpt.pt").is_file() and (runs / "det_m3_old_2" / "ckpt.pt").is_file()
+
+
+def test_a_fresh_run_replaces_only_its_own_scratch_run(shapes, tmp_path):
+    """The notebooks' smoke runs (fresh=True) do not pile up: the next fresh call replaces
+    the run the last one marked as scratch, and nothing else."""
+    first = lab.train_run(tmp_path, "det", 0, args_for(shapes), fresh=True)
+    assert (first.parent / lab.SCRATCH).exists()
+    before = first.stat().st_mtime_ns
+    again = lab.train_run(tmp_path, "det", 0, args_for(shapes), fresh=True)
+    assert again == first and first.stat().st_mtime_ns != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["det_m0"]
 
 
 def test_evaluate_run_rows(finished, shapes):

@@ -97,3 +97,71 @@ def test_foreign_files_are_one_clear_error(tmp_path):
         read_checkpoint(tmp_path / "old.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         read_checkpoint(tmp_path / "missing.pt")
+
+
+# ----------------------------------------------------------------------------- stored configs
+def _stored(path, **edits):
+    """A small pose checkpoint as train.py writes it, with edits applied to its stored
+    config: {"model_config.m": 100000, "data.flip_idx": [...], ...}."""
+    from annotations import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, flip_index
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(task="pose", m=2, num_joints=17))
+    data = dict(task="pose", cat_ids=[1], class_names=["person"], keypoint_names=list(COCO_PERSON_KEYPOINTS),
+                flip_idx=flip_index(COCO_PERSON_KEYPOINTS), skeleton=[[15, 13], [13, 11], [5, 6]],
+                oks_sigmas=COCO_PERSON_SIGMAS.tolist())
+    save_checkpoint(path, model, data=data, train_config=dict(input_size=64))
+    state = torch.load(path, weights_only=True)
+    for key, value in edits.items():
+        part, field = key.split(".")
+        state[part][field] = value
+    torch.save(state, path)
+    return path
+
+
+BAD_STORED = [
+    ({"train_config.input_size": -32}, r"train_config.input_size must be a multiple of 32"),
+    ({"train_config.input_size": 100}, r"train_config.input_size must be a multiple of 32"),
+    ({"data.skeleton": [[0, 17]]}, r"data.skeleton must be 0-based \[i, j\] pairs of joints in 0..16"),
+    ({"data.flip_idx": [1, 0] + list(range(2, 16)) + [99]}, r"data.flip_idx must be each of the 17 joints' mirror"),
+    ({"data.flip_idx": [1, 2, 0] + list(range(3, 17))}, r"data.flip_idx must be .*flipping twice the identity"),
+    ({"data.cat_ids": ["person"]}, r"data.cat_ids must be 1 integer COCO category ids"),
+    ({"data.cat_ids": [1, 2]}, r"data.cat_ids must be 1 integer"),
+    ({"data.keypoint_names": ["nose"]}, r"data.keypoint_names must be 17 names"),
+    ({"data.oks_sigmas": [float("nan")] * 17}, r"data.oks_sigmas must be 17 finite numbers > 0"),
+    ({"model_config.sigma_floor": float("nan")}, r"sigma floor must be a finite number >= 0, got nan"),
+    ({"model_config.sigma_floor": float("inf")}, r"sigma floor must be a finite number"),
+    ({"model_config.m": 100000}, r"--m must be an integer in 0..64, got 100000"),
+    ({"model_config.m": 2.5}, r"--m must be an integer in 0..64, got 2.5"),
+    ({"model_config.num_joints": 0}, r"num_joints must be an integer in 1..1000"),
+    ({"model_config.num_classes": 10 ** 9}, r"num_classes must be an integer in 1..10000"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_STORED)))
+def test_a_stored_config_is_checked_before_the_network_is_built(tmp_path, case, monkeypatch):
+    import model as model_module
+    edits, message = BAD_STORED[case]
+    path = _stored(tmp_path / "ckpt.pt", **edits)
+
+    def never(cfg):
+        raise AssertionError("the network was built before the config was checked")
+    monkeypatch.setattr(model_module, "build_model", never)
+    with pytest.raises(ValueError, match=rf"^{path}: .*{message}"):
+        load_model(path)
+
+
+def test_a_bad_stored_config_is_one_line_in_every_command(tmp_path):
+    import evaluate
+    import predict
+    path = _stored(tmp_path / "ckpt.pt", **{"data.flip_idx": [0] * 17})
+    for main, argv in ((predict.main, ["--source", str(tmp_path)]), (evaluate.main, [])):
+        with pytest.raises(SystemExit, match=rf"--checkpoint: {path}: stored data.flip_idx must be"):
+            main(["--checkpoint", str(path), *argv])
+    good = _stored(tmp_path / "good.pt")
+    assert load_model(good)[0].cfg.m == 2
+    state = torch.load(good, weights_only=True)
+    name = next(k for k, t in state["model"].items() if t.is_floating_point())
+    state["model"][name][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match=rf"nan.pt: 1 weight tensors hold NaN or inf \(first: {name}\)"):
+        load_model(tmp_path / "nan.pt")

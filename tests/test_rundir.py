@@ -1,10 +1,17 @@
 """rundir.py and train.py against the ways a run goes silently wrong: divergence, a full
 disk, two runs in one folder, a kill between log and checkpoint, zero training steps,
-flags that are 0, negative or missing their partner, foreign or mismatched checkpoints."""
+flags that are 0, negative or missing their partner, foreign or mismatched checkpoints,
+another run's files in --out, SIGINT / SIGTERM, a lock whose pid was reused, an interrupted
+final evaluation, resuming with data-loader workers, a folder that cannot be written."""
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +19,7 @@ import torch
 import model as model_module
 import train
 from model import read_checkpoint
-from util.rundir import RunLock, next_run_folder, non_finite, write_log
+from util.rundir import RunLock, _start_time, next_run_folder, non_finite, read_log, run_name, set_aside, write_log
 from synthetic_coco import make_dataset
 
 
@@ -81,23 +88,46 @@ def test_log_is_rewritten_from_the_history_never_duplicated(tmp_path):
 
 
 # ----------------------------------------------------------------------------- one run per folder
+def lock_of(pid, **fields):
+    return json.dumps({**dict(run="elsewhere", host=socket.gethostname(), pid=pid, started=_start_time(pid)), **fields})
+
+
 def test_a_live_lock_refuses_a_second_run_and_a_stale_one_is_taken(tiny, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / ".lock").write_text(str(os.getppid()))          # a live process that is not us
-    with pytest.raises(SystemExit, match=rf"{run} is in use by another run \(process {os.getppid()}\)"):
+    parent = os.getppid()                                   # a live process that is not us
+    for text in (lock_of(parent), str(parent)):            # the lock's record, and a bare pid
+        (run / ".lock").write_text(text)
+        with pytest.raises(SystemExit, match=rf"{run} is in use by another run \(process {parent} on "):
+            train.main(argv(tiny, run, "--epochs", "1"))
+        assert not (run / "ckpt.pt").exists() and (run / ".lock").read_text() == text
+    (run / ".lock").write_text(lock_of(parent, host="another-host"))   # cannot be checked from here: live
+    with pytest.raises(SystemExit, match="process .* on another-host"):
         train.main(argv(tiny, run, "--epochs", "1"))
-    assert not (run / "ckpt.pt").exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (run / ".lock").write_text(dead.stdout.strip())        # its process has exited: stale
     train.main(argv(tiny, run, "--epochs", "1"))
     assert (run / "ckpt.pt").exists() and not (run / ".lock").exists()
 
 
+def test_a_reused_pid_is_not_taken_for_the_lock_owner(tiny, tmp_path):
+    """The lock's pid is alive but started at another time: a later process given the same
+    pid (pid 1 in a fresh container), so the lock is stale."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text(lock_of(os.getppid(), started=_start_time(os.getppid()) - 1))
+    train.main(argv(tiny, run, "--epochs", "1"))
+    assert (run / "ckpt.pt").exists() and not (run / ".lock").exists()
+    with RunLock(tmp_path / "x") as lock:                   # what a lock records
+        record = json.loads(lock.path.read_text())
+    assert record == dict(run=str((tmp_path / "x").resolve()), host=socket.gethostname(), pid=os.getpid(),
+                          started=_start_time(os.getpid())) and record["started"] is not None
+
+
 def test_lock_is_released_when_the_run_fails(tmp_path):
     with pytest.raises(RuntimeError):
         with RunLock(tmp_path):
-            assert (tmp_path / ".lock").read_text() == str(os.getpid())
+            assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
             raise RuntimeError("boom")
     assert not (tmp_path / ".lock").exists()
 
@@ -148,6 +178,7 @@ def test_bad_flag_values_are_refused_at_parse_time(flag, value, message, capsys)
     (["--val-ann", "x.json"], "--val-ann / --val-images need --ann"),
     (["--m", "0", "--sigma-floor", "3"], "--sigma-floor is for the mixture"),
     (["--init", "a.pt", "--resume"], "--init starts a new run"),
+    (["--m", "100000"], "--m must be an integer in 0..64, got 100000"),
 ])
 def test_flag_combinations_are_checked(extra, message, tiny, monkeypatch):
     import synthetic_coco
@@ -194,3 +225,124 @@ def test_a_second_run_gets_the_next_numbered_folder(tmp_path):
     assert next_run_folder(base) == base.with_name("pose_m3_4")
     assert next_run_folder(base, resume=True) == base.with_name("pose_m3_3")   # the newest checkpoint
     assert next_run_folder(tmp_path / "none", resume=True) == tmp_path / "none"
+
+
+# ----------------------------------------------------------------------------- the user's files
+@pytest.mark.parametrize("files", [{"config.json": "{}", "log.jsonl": '{"epoch": 0}\n'}, {"notes.txt": "mine"},
+                                   {"ckpt.pt": "precious"}])
+def test_a_folder_holding_other_files_is_refused_unless_resume(tiny, tmp_path, files):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in files.items():
+        (run / name).write_text(text)
+    with pytest.raises(SystemExit, match=rf"{run} already holds .*pass --resume .*nothing is overwritten"):
+        train.main(argv(tiny, run, "--epochs", "1"))
+    assert {p.name: p.read_text() for p in run.iterdir()} == files
+    if "ckpt.pt" not in files:
+        with pytest.raises(SystemExit, match=rf"--resume: no checkpoint at {run / 'ckpt.pt'}"):
+            train.main(argv(tiny, run, "--epochs", "1", "--resume"))
+        assert {p.name: p.read_text() for p in run.iterdir()} == files
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit, match="is a file, not a folder|cannot create the run folder"):
+        train.main(argv(tiny, tmp_path / "file", "--epochs", "1"))
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_folder_that_cannot_be_written_is_one_line(tiny, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit, match=r"cannot create the run folder .*file/run .*pass --out a folder you can write"):
+        train.main(argv(tiny, tmp_path / "file" / "run", "--epochs", "1"))
+    import synthetic_coco
+
+    def read_only(task):
+        raise PermissionError(13, "Permission denied", "data/synthetic")
+    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", read_only)   # a read-only clone
+    with pytest.raises(SystemExit, match=r"cannot write the synthetic demo set .*Permission denied.*--ann / --images"):
+        train.config_from_args(train.parse_args([]))
+
+
+def test_one_naming_rule_and_one_log_reader(tiny, tmp_path, monkeypatch):
+    import synthetic_coco
+    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny, "val": tiny, "test": tiny})
+    monkeypatch.chdir(tmp_path)
+    assert train.config_from_args(train.parse_args(["--m", "2"]))[1].out == str(Path("runs") / run_name("pose", 2))
+    run = tmp_path / "run"
+    train.main(argv(tiny, run, "--epochs", "1"))
+    assert read_log(run) == read_log(run / "ckpt.pt") == read_checkpoint(run / "ckpt.pt")["history"]
+    assert set_aside(run) == tmp_path / "run_stale"
+    run.mkdir()
+    assert set_aside(run) == tmp_path / "run_stale_2"
+    assert (tmp_path / "run_stale" / "ckpt.pt").is_file()
+
+
+# ----------------------------------------------------------------------------- interruptions
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_run_with_one_line_and_releases_the_lock(tiny, tmp_path, sig):
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "train.py", *argv(tiny, run, "--epochs", "200", "--lr-steps")],
+                            cwd=Path(train.__file__).parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (run / "log.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert (run / "log.jsonl").exists(), "no epoch finished"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"{run}: stopped by {sig.name}. Last good checkpoint: {run / 'ckpt.pt'} (after epoch ")
+    assert not (run / ".lock").exists()
+    epochs = len(read_log(run))
+    assert f"(after epoch {epochs})" in err and read_checkpoint(run / "ckpt.pt")["epoch"] == epochs - 1
+    assert train.main(argv(tiny, run, "--epochs", str(epochs + 1), "--lr-steps", "--resume")) is not None
+
+
+def test_an_interrupted_final_evaluation_is_finished_by_resume(tiny, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    real = train.evaluate_model
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt("SIGTERM")
+    monkeypatch.setattr(train, "evaluate_model", interrupted)
+    with pytest.raises(SystemExit, match=rf"stopped by SIGTERM. Last good checkpoint: {run / 'ckpt.pt'} \(after epoch 1\)"):
+        train.main(argv(tiny, run, "--epochs", "1"))
+    assert "AP" not in read_log(run)[-1] and not (run / ".lock").exists()
+    monkeypatch.setattr(train, "evaluate_model", real)
+    stats = train.main(argv(tiny, run, "--epochs", "1", "--resume"))
+    assert "final evaluation was interrupted" in capsys.readouterr().out
+    assert stats is not None and read_log(run)[-1]["AP"] == pytest.approx(float(stats["All"][0]))
+    assert read_checkpoint(run / "ckpt.pt")["history"][-1]["AP"] == read_log(run)[-1]["AP"]
+
+
+def test_resume_with_workers_matches_an_uninterrupted_run(tiny, tmp_path):
+    """Augmentations come from each worker's RNG: workers restarted each epoch from the
+    per-epoch seed draw the same ones in a resumed run (persistent workers did not)."""
+    common = ("--workers", "2", "--lr-steps", "--eval-every", "0")
+    train.main(argv(tiny, tmp_path / "a", "--epochs", "2", *common))
+    train.main(argv(tiny, tmp_path / "b", "--epochs", "1", *common))
+    train.main(argv(tiny, tmp_path / "b", "--epochs", "2", "--resume", *common))
+    a, b = (read_checkpoint(tmp_path / r / "ckpt.pt") for r in "ab")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert [h["total"] for h in a["history"]] == [h["total"] for h in b["history"]]
+
+
+def test_a_missing_image_stops_training_with_one_line(tiny, tmp_path):
+    ann, images = tiny
+    shutil.copytree(images, tmp_path / "images")
+    (tmp_path / "images" / "000003.jpg").unlink()
+    for workers in ("0", "1"):           # a worker re-raises it inside its own traceback
+        with pytest.raises(SystemExit, match=r"^image id 4: file not found: .*000003.jpg. Last good checkpoint: "
+                                             r"none yet; fix or remove the image"):
+            train.main(argv((ann, str(tmp_path / "images")), tmp_path / f"run{workers}", "--epochs", "1",
+                            "--workers", workers))
+
+
+def test_a_detection_file_without_categories_is_one_line(tmp_path):
+    ann = tmp_path / "nocats.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
+                               "annotations": [], "categories": []}))
+    args = ["--task", "det", "--ann", str(ann), "--images", str(tmp_path), "--arch", "small_dla", "--batch-size", "1",
+            "--input-size", "64", "--epochs", "1", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match=rf"^{ann}: num_classes must be an integer in 1..10000, got 0$"):
+        train.main(args)
