@@ -254,9 +254,9 @@ def test_a_folder_that_cannot_be_written_is_one_line(tiny, tmp_path, monkeypatch
         train.main(argv(tiny, tmp_path / "file" / "run", "--epochs", "1"))
     import synthetic_coco
 
-    def read_only(task):
+    def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "data/synthetic")
-    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", read_only)   # a read-only clone
+    monkeypatch.setattr(synthetic_coco, "make_dataset", read_only)   # a read-only clone: the generator cannot write
     with pytest.raises(SystemExit, match=r"cannot write the synthetic demo set .*Permission denied.*--ann / --images"):
         train.config_from_args(train.parse_args([]))
 
