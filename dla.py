@@ -270,7 +270,8 @@ def load_imagenet_weights(backbone, path):
 
 def dla34(width=1.0, weights=None):
     """DLA-34 with CenterNet's neck (plain convs). weights: optional path to ImageNet
-    weights for the backbone (the official download URL is dead)."""
+    weights for the backbone (see load_imagenet_weights; the official download URL is
+    dead, timm keeps the same weights as dla34.in1k; train.py's --backbone-weights)."""
     model = DLANet(width=width)
     if weights is not None:
         load_imagenet_weights(model.base, weights)

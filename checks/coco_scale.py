@@ -117,6 +117,16 @@ def worker_growth(dataset, workers, batches, batch_size, warm=5, seed=0, shuffle
             "samples_per_worker": (batches - warm) * batch_size / workers}
 
 
+def blank_reader(sample_ann):
+    """A stand-in for coco_data.read_image: a black image of each sample file's annotated
+    size, made once. With it a loader reads records, not JPEGs, so a whole epoch of
+    records passes through the workers in minutes."""
+    from PIL import Image
+    sizes = {im["file_name"]: (im["width"], im["height"]) for im in json.loads(Path(sample_ann).read_text())["images"]}
+    blank = {name: Image.new("RGB", size) for name, size in sizes.items()}
+    return lambda path, what="image": blank[Path(path).name]
+
+
 def measure(ann, images, task, workers_list, batches, batch_size, input_size):
     """Load time and memory, dataset construction, and worker_growth per worker count."""
     gc.collect()
@@ -130,7 +140,7 @@ def measure(ann, images, task, workers_list, batches, batch_size, input_size):
     t0 = time.perf_counter()
     ds = CocoDataset(ann, images, task, train=True, input_size=input_size)
     build_s = time.perf_counter() - t0
-    rows = [worker_growth(ds, w, batches, batch_size) for w in workers_list]
+    rows = [worker_growth(ds, w, batches or len(ds) // batch_size, batch_size) for w in workers_list]
     return {"images": counts[0], "annotations": counts[1], "load_s": load_s, "load_mb": load_mb,
             "build_s": build_s, "dataset_rss": memory()["rss"] - base, "rows": rows}
 
@@ -176,9 +186,12 @@ def main(argv=None):
     p.add_argument("--annotations", type=int, help="annotations in the generated file (default: train2017's, "
                                                    "860,001 for det, 150,000 persons for pose)")
     p.add_argument("--workers", type=int, nargs="+", default=[2, 4, 8], help="loader worker counts to measure (default 2 4 8)")
-    p.add_argument("--batches", type=int, default=300, help="batches per worker count (default 300)")
+    p.add_argument("--batches", type=int, default=300, help="batches per worker count (default 300; 0 = one epoch)")
     p.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
     p.add_argument("--input-size", type=int, default=512, help="input side in pixels (default 512, the paper's)")
+    p.add_argument("--blank-images", action="store_true",
+                   help="read records, not pixels: black images of the annotated sizes (use with a small --input-size "
+                        "and --batches 0 to pass a whole epoch through the workers)")
     p.add_argument("--sample", type=Path, default=SAMPLE, help=f"the real COCO sample (default {SAMPLE})")
     p.add_argument("--out", type=Path, default=ROOT / "data" / "coco_scale", help="where the generated file goes")
     p.add_argument("--eval-checkpoint", type=Path, help="instead: time evaluate.py end to end with this checkpoint "
@@ -193,8 +206,11 @@ def main(argv=None):
     src = args.sample / "annotations" / SAMPLE_ANN[args.task]
     if not src.is_file():
         raise SystemExit(f"{src}: the real COCO sample is absent (--sample)")
-    if any(w < 1 for w in args.workers) or args.batches <= 5:
-        raise SystemExit("--workers must be >= 1 and --batches > 5 (the first 5 are the warm-up)")
+    if any(w < 1 for w in args.workers) or 0 < args.batches <= 5:
+        raise SystemExit("--workers must be >= 1 and --batches 0 (an epoch) or > 5 (the first 5 are the warm-up)")
+    if args.blank_images:
+        import coco_data
+        coco_data.read_image = blank_reader(src)
     n_images, n_anns = args.images or TRAIN2017[args.task][0], args.annotations or TRAIN2017[args.task][1]
     ann = args.out / f"{args.task}_{n_images}_{n_anns}.json"
     if not ann.is_file():
@@ -203,7 +219,7 @@ def main(argv=None):
         print(f"wrote {ann}: {written[0]:,} images, {written[1]:,} annotations, "
               f"{ann.stat().st_size / 2**20:.0f} MB in {time.perf_counter() - t0:.0f} s", flush=True)
     m = measure(ann, args.sample / "images", args.task, args.workers, args.batches, args.batch_size, args.input_size)
-    print(report(m, args.task, args.input_size, args.batch_size))
+    print(report(m, args.task, args.input_size, args.batch_size) + ("\n(black images: records only)" if args.blank_images else ""))
     return m
 
 

@@ -12,7 +12,7 @@ import torch
 
 import train
 from dla import DLA, load_imagenet_weights
-from model import ModelConfig, build_model, load_backbone_weights
+from model import ModelConfig, build_model, load_backbone_weights, load_model
 from synthetic_coco import make_dataset
 from util import weights as uw
 
@@ -122,9 +122,10 @@ def test_train_starts_from_the_weights_and_the_checkpoint_says_so(tmp_path, caps
     torch.save(state, tmp_path / "pytorch_model.bin")
     ann, images = make_dataset(tmp_path / "data", "det", "train", 2)
     out = tmp_path / "run"
-    train.main(["--task", "det", "--m", "3", "--arch", "dla34", "--ann", ann, "--images", images,
-                "--input-size", "64", "--batch-size", "2", "--epochs", "1", "--lr", "1e-4", "--lr-steps",
-                "--backbone-weights", str(tmp_path / "pytorch_model.bin"), "--out", str(out)])
+    flags = ["--task", "det", "--m", "3", "--arch", "dla34", "--ann", ann, "--images", images, "--input-size", "64",
+             "--batch-size", "2", "--lr", "1e-4", "--lr-steps", "--out", str(out),
+             "--backbone-weights", str(tmp_path / "pytorch_model.bin")]
+    train.main(flags + ["--epochs", "1"])
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith(f"--backbone-weights {tmp_path / 'pytorch_model.bin'}: 222 ImageNet tensors"), first
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
@@ -134,3 +135,11 @@ def test_train_starts_from_the_weights_and_the_checkpoint_says_so(tmp_path, caps
     for k in ("base_layer.0.weight", "level3.tree1.tree1.conv1.weight", "level5.root.conv.weight"):
         trained = ckpt["model"][f"backbone.base.{k}"]
         assert (trained - state[k]).abs().max() < 1e-3, k
+    # The checkpoint carries the weights: evaluation and --resume need the file no more.
+    (tmp_path / "pytorch_model.bin").unlink()
+    model, _ = load_model(out / "ckpt.pt")
+    assert model.cfg.backbone_weights == str(tmp_path / "pytorch_model.bin")
+    with pytest.raises(SystemExit, match="backbone_weights"):     # another start is another model
+        train.main(flags[:-2] + ["--epochs", "2", "--resume"])
+    train.main(flags + ["--epochs", "2", "--resume"])
+    assert torch.load(out / "ckpt.pt", weights_only=True)["epoch"] == 1

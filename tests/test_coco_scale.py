@@ -3,10 +3,8 @@ record of a generated COCO file must not copy the dataset's records into its own
 (Python objects are, page by page, as their reference counts change)."""
 import json
 import sys
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 import coco_data as cd
 from checks import coco_scale as cs
@@ -40,10 +38,7 @@ def test_a_worker_does_not_copy_the_records_it_reads(scaled, monkeypatch):
     a tenth of what the dataset occupies in the main process. Records held as Python dicts
     fail it: each read changes reference counts, so each page a read touches is copied."""
     ann, _, _ = scaled
-    # Blank images of the annotated sizes: the records are under test, not JPEG decoding.
-    sizes = {im["file_name"]: (im["width"], im["height"]) for im in json.loads(SRC.read_text())["images"]}
-    blank = {name: Image.new("RGB", size) for name, size in sizes.items()}
-    monkeypatch.setattr(cd, "read_image", lambda path, what="": blank[Path(path).name])
+    monkeypatch.setattr(cd, "read_image", cs.blank_reader(SRC))   # records under test, not JPEG decoding
     before = cs.memory()["rss"]
     ds = cd.CocoDataset(ann, cs.SAMPLE / "images", "det", train=True, input_size=32, color_aug=False)
     held = cs.memory()["rss"] - before
