@@ -1,7 +1,12 @@
-"""The assignment tooling: the student copy blanks every solution and gets its own README,
-the grader runs the instructor's tests against the student's modules (and is not fooled by
-the shortcuts below), and each typical mistake costs the points of its own function only."""
-import runpy
+"""The assignment tooling: the student copy blanks every solution and leaks none, the grader
+scores the reference 100 and a blank copy 0, each typical mistake costs its own function
+only, and whatever the student's code does in its sandboxed child (tampering, forging,
+reading the reference, lying types, exiting, hanging, crashing) gains it nothing.
+
+Instructor-only: the student copy leaves this file and course/ out (they need the reference).
+"""
+import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -16,22 +21,24 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from course import assignments as asg
+from course import grader, sandbox
 
-INDEPENDENT = ["tests/test_mdn_dense.py::test_focal_loss_matches_slow_loop",
-               "tests/test_model.py::test_official_sigma_floor_per_backbone",
-               "tests/test_coco_data.py::test_affine_round_trip_and_flip_twice",
-               "tests/test_synthetic_coco.py", "tests/test_readme.py"]
-STOLEN = ("sigma_activation", "mdn_nll", "select_component")  # the graded functions of mdn_dense.py
+GRADED = ("mdn_dense.py", "coco_data.py", "decode.py")
+FAST = grader.Limits(cpu_seconds=20, memory_mb=4096, wall_seconds=120)
+SANDBOX = pytest.mark.skipif(sandbox.isolation() != sandbox.BWRAP,
+                             reason="bubblewrap is not installed or does not work here (.ci/run installs it)")
 
 
 def rows(grades):
-    return {a.name: got for a, _, got in grades.rows}
+    return {a.name: got for a, _, _, got in grades.rows}
 
 
-def pytest_in(folder, *args):
-    """pytest run the naive way, inside a student's folder."""
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-                          cwd=folder, capture_output=True, text=True)
+def full():
+    return {a.name: a.points for a in asg.ASSIGNMENTS}
+
+
+def report_order(report, *parts):
+    return [report.index(p) for p in parts]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +52,36 @@ def built(tmp_path_factory):
 def student(built, tmp_path):
     shutil.copytree(built[0], tmp_path / "student")
     return tmp_path / "student"
+
+
+def reference_copy(folder):
+    """The reference's top-level modules in a new folder (a perfect student)."""
+    folder.mkdir()
+    for module in asg.ROOT.glob("*.py"):
+        shutil.copyfile(module, folder / module.name)
+    return folder
+
+
+def append(folder, module, code):
+    (folder / module).write_text((folder / module).read_text() + "\n" + code)
+
+
+def run_there(folder, code):
+    """What code prints when run in a fresh Python in folder (the attack outside the grader)."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=300)
+    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
+
+
+def solution_lines(text):
+    """The lines (20 characters or more, comments aside) inside the solution regions of text."""
+    out, inside = set(), False
+    for line in text.splitlines():
+        s = line.strip().strip('",').replace("\\n", "").strip()
+        if s.startswith(asg.BEGIN) or s.startswith(asg.END):
+            inside = s.startswith(asg.BEGIN)
+        elif inside and len(s) >= 20 and not s.startswith("#"):
+            out.add(s.split("  #")[0].strip())
+    return out
 
 
 # ----------------------------------------------------------------------------- building
@@ -75,29 +112,6 @@ def test_build_refuses_a_non_empty_folder(tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-def test_student_copy_fails_blanked_tests_and_passes_after_restoring(built, student):
-    blanked = built[1]
-    assert blanked["mdn_dense.py"] >= 3 and blanked["decode.py"] >= 4 and blanked["coco_data.py"] >= 1
-    assert "### BEGIN SOLUTION" not in (student / "mdn_dense.py").read_text()
-    readme = (student / "README.md").read_text()
-    assert readme == (asg.HERE / asg.STUDENT_README).read_text() and not (student / asg.STUDENT_README).exists()
-    assert "for instructors" not in readme and "reference solution" not in readme
-    assert len(readme.splitlines()) <= 50
-    grades = asg.grade(student)
-    assert grades.total == 0 and not grades.problems, asg.format_grades(grades)
-    # the feedback names each failing test, the function it grades and the first line of why
-    report = asg.format_grades(grades)
-    assert "[mdn_nll] tests/test_mdn_dense.py::test_mdn_nll_gradcheck" in report
-    assert "NotImplementedError: mdn_nll: your code here" in report
-    assert len(grades.failures) == sum(len(a.tests) for a in asg.ASSIGNMENTS)
-    proc = pytest_in(student, *INDEPENDENT)  # the rest of the suite still runs
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    for rel in blanked:  # restore the reference solutions
-        shutil.copy2(asg.ROOT / rel, student / rel)
-    grades = asg.grade(student)
-    assert grades.total == 100 and not grades.failures and not grades.problems, asg.format_grades(grades)
-
-
 def test_blank_notebook_strips_the_outputs_of_blanked_cells_only():
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("print(1)", execution_count=1, outputs=[nbformat.v4.new_output("stream", text="1\n")]),
@@ -108,6 +122,51 @@ def test_blank_notebook_strips_the_outputs_of_blanked_cells_only():
     assert n == 1 and "return 42" not in "".join(blanked["source"])
     assert blanked["outputs"] == [] and blanked["execution_count"] is None
     assert "".join(kept["outputs"][0]["text"]) == "1\n" and kept["execution_count"] == 1
+
+
+def test_student_copy_holds_no_solution(built):
+    """No line of a graded module's solution region appears anywhere in the copy (calibration, tests and
+    mutants call the graded functions or stay out), the grader and its tests stay out, and
+    the copy's README is STUDENT_README.md."""
+    student, blanked = built
+    assert blanked["mdn_dense.py"] >= 4 and blanked["decode.py"] >= 4 and blanked["coco_data.py"] >= 2
+    assert not (student / "course").exists() and not (student / "tests" / "test_assignments.py").exists()
+    readme = (student / "README.md").read_text()
+    assert readme == (asg.HERE / asg.STUDENT_README).read_text() and "reference solution" not in readme
+    # the graded modules' solutions (a notebook exercise's region is one API call its text names)
+    secret = set().union(*(solution_lines((asg.ROOT / rel).read_text()) for rel in blanked if rel.endswith(".py")))
+    assert len(secret) > 20 and "std = std * k.repeat_interleave(2)" in secret
+    for path in student.rglob("*"):
+        if path.is_file() and path.suffix in (".py", ".ipynb", ".md", ".txt"):
+            text = path.read_text()
+            leaked = [line for line in secret if line in text]
+            assert not leaked, f"{path.relative_to(student)} holds solution lines: {leaked[:3]}"
+
+
+def test_a_student_copy_cannot_serve_as_the_reference(built, monkeypatch):
+    """The grader's answers come from the reference: in a copy without solutions it refuses."""
+    monkeypatch.setattr(grader, "ROOT", built[0])
+    with pytest.raises(SystemExit, match="no solution regions: this is a student copy"):
+        grader.reference_module("mdn_dense")
+
+
+def test_blank_copy_scores_0_and_the_reference_100_then_its_pytest_passes(built, student):
+    grades = asg.grade(student, limits=FAST)
+    report = asg.format_grades(grades)
+    assert grades.total == 0 and all(p == 0 for p in rows(grades).values()), report
+    # feedback per failing check: the function, the input in words, what came back
+    assert "[mdn_nll] 6 pose instances (K = 4 joints, M = 3, float64)" in report
+    assert "raised NotImplementedError: mdn_nll: your code here" in report
+    assert f"isolation: {sandbox.DESCRIBE[grades.isolation]}" in report
+    for rel in built[1]:  # the student writes every function: the reference's, here
+        shutil.copy2(asg.ROOT / rel, student / rel)
+    grades = asg.grade(student, limits=FAST)
+    assert grades.total == 100 and not grades.failures, asg.format_grades(grades)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                           "tests/test_mdn_dense.py", "tests/test_decode.py", "tests/test_calibration.py",
+                           "tests/test_coco_data.py", "-k", "not real_coco"],
+                          cwd=student, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
 
 
 def test_student_notebook_01_stops_at_its_first_function_to_write(built, monkeypatch):
@@ -136,56 +195,282 @@ def test_student_notebook_01_stops_at_its_first_function_to_write(built, monkeyp
 
 
 # ----------------------------------------------------------------------------- attacks
-def test_a_conftest_in_the_students_tests_changes_nothing(student):
-    """Attack 1: a conftest.py (and a pytest.ini) in the student's folder that makes every
-    test a no-op. It fools pytest run there; the grader never reads the student's tests."""
-    (student / "tests" / "conftest.py").write_text(
-        "import pytest\n\n\n@pytest.hookimpl(tryfirst=True)\ndef pytest_pyfunc_call(pyfuncitem):\n"
-        "    return True  # 'ran it': no test body ever runs\n")
-    (student / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
-    proc = pytest_in(student, asg.ASSIGNMENTS[1].tests[0])
-    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-1000:]  # the attack works there
-    grades = asg.grade(student)
-    assert grades.total == 0, asg.format_grades(grades)
-
-
-def test_student_code_cannot_read_the_reference(student):
-    """Attack 2: the student's mdn_dense.py takes the reference's functions from the
-    instructor's checkout (by absolute path: the grader's copy is elsewhere), by import,
-    by a subprocess or by os.open. The guard forbids all three and voids the run."""
-    ref = str(asg.ROOT / "mdn_dense.py")
-    (student / "mdn_dense.py").write_text((student / "mdn_dense.py").read_text() + f"""
-import importlib.util as _u, os as _os, subprocess as _sp
-def _import():
-    spec = _u.spec_from_file_location("_instructor", {ref!r})
-    module = _u.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return vars(module)
-def _run(source):
-    namespace = {{"__name__": "_instructor"}}
-    exec(compile(source, "_instructor", "exec"), namespace)
-    return namespace
-_ways = [_import, lambda: _run(_sp.run(["cat", {ref!r}], capture_output=True, text=True, check=True).stdout),
-         lambda: _run(_os.read(_os.open({ref!r}, _os.O_RDONLY), 1 << 20).decode())]
-for _way in _ways:
+def test_the_child_cannot_read_a_file_outside_what_it_was_given(tmp_path):
+    """The sandbox shows the child its modules, the inputs and a read-only Python: not a file
+    beside them, not the reference tree, and it cannot write its modules."""
+    if sandbox.isolation() != sandbox.BWRAP:
+        pytest.skip("bubblewrap is not installed or does not work here (.ci/run installs it)")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the expected values")
+    mods, grader_dir, out = tmp_path / "student", tmp_path / "grader", tmp_path / "out"
+    for d in (mods, grader_dir, out):
+        d.mkdir()
+    probes = [str(secret), str(asg.ROOT / "mdn_dense.py"), str(mods / "mdn_dense.py")]
+    (mods / "mdn_dense.py").write_text(f"""
+import os
+for path in {probes!r}:
     try:
-        _ref = _way()
-        globals().update({{n: _ref[n] for n in {STOLEN!r}}})
-        break
-    except Exception:
-        pass
+        print(path, "GOT-CONTENT", open(path).read()[:20])
+    except OSError as e:
+        print(path, "DENIED", type(e).__name__)
+try:
+    open(__file__, "a").write(chr(35) + "tampered")
+    print("WROTE-ITSELF")
+except OSError as e:
+    print("WRITE-DENIED", type(e).__name__)
+print("ROOT-LISTED" if os.path.isdir({str(asg.ROOT)!r}) else "ROOT-ABSENT")
 """)
-    stolen = runpy.run_path(str(student / "mdn_dense.py"))  # the attack works outside the grader
-    assert stolen["sigma_activation"](torch.zeros(1), 1.0).item() == 2.0
-    grades = asg.grade(student)
+    shutil.copyfile(asg.HERE / "child.py", grader_dir / "child.py")
+    torch.save({"module": "mdn_dense", "calls": []}, grader_dir / "calls.pt")
+    ended, output = sandbox.run_child(mods, grader_dir, out, 20, 4096, 60, sandbox.BWRAP)
+    assert ended is None, output
+    assert "GOT-CONTENT" not in output and output.count(" DENIED ") == 3 and "ROOT-ABSENT" in output, output
+    assert "WRITE-DENIED" in output and not (mods / "mdn_dense.py").read_text().endswith("#tampered"), output
+    # the same module outside the sandbox reads all three: the probe itself can see them
+    plain = subprocess.run([sys.executable, str(mods / "mdn_dense.py")], capture_output=True, text=True).stdout
+    assert plain.count("GOT-CONTENT") == 3 and "WROTE-ITSELF" in plain, plain
+
+
+def test_require_sandbox_refuses_and_no_sandbox_is_said_at_the_top(monkeypatch, built):
+    monkeypatch.setattr(sandbox, "_ISOLATION", sandbox.NONE)
+    with pytest.raises(SystemExit, match="--require-sandbox: no working sandbox"):
+        asg.grade(built[0], require_sandbox=True)
+    grades = grader.Grades([(a, 0, 1, 0) for a in asg.ASSIGNMENTS], [], sandbox.NONE, {"decode": "total 100/100"})
+    report = asg.format_grades(grades, verbose=True)
+    assert report.splitlines()[0].startswith("WARNING: isolation NONE"), report
+    assert report.rstrip().splitlines()[-1] == f"isolation: {sandbox.DESCRIBE[sandbox.NONE]}", report
+
+
+TAMPER = """
+import builtins, gc, math, sys, torch, numpy
+torch.allclose = lambda *a, **k: True
+torch.equal = lambda *a, **k: True
+torch.isclose = lambda a, b, *r, **k: torch.ones_like(torch.as_tensor(a), dtype=torch.bool)
+torch.Tensor.__eq__ = lambda self, other: torch.ones_like(self, dtype=torch.bool)
+math.isclose = lambda *a, **k: True
+builtins.abs = lambda x: 0
+numpy.allclose = lambda *a, **k: True
+torch.distributions.Normal.log_prob = lambda self, value: torch.zeros(())
+for obj in gc.get_objects():  # anything that looks like a grader's answer or judge
+    if isinstance(obj, dict) and "value" in obj and "error" in obj:
+        obj["error"] = None
+frame = sys._getframe()
+while frame is not None:  # the caller's helpers, as a test module's would be
+    frame.f_globals.update(perform=lambda module, call: {"value": None, "args": [], "grads": [], "error": None})
+    frame = frame.f_back
+"""
+
+
+@SANDBOX
+def test_in_process_tampering_scores_nothing(student):
+    """Patching torch, math, numpy, builtins and torch.distributions, walking gc and the
+    caller's frames at import: all of it happens in the child, whose answers are only data."""
+    for module in GRADED:
+        append(student, module, TAMPER)
+    assert run_there(student, "import mdn_dense, math, torch\n"  # the patches take hold in that process
+                     "print(torch.allclose(torch.zeros(1), torch.ones(1)) and math.isclose(0, 1))") == "True"
+    grades = asg.grade(student, limits=FAST)
     assert grades.total == 0, asg.format_grades(grades)
+
+
+STEAL = """
+import os as _os
+def _find():
+    for top in ["/", _os.path.expanduser("~")]:
+        for root, dirs, files in _os.walk(top):
+            dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev", "usr", "lib", "site-packages")
+                       and root.count(_os.sep) < 5]
+            if "{module}" in files:
+                path = _os.path.join(root, "{module}")
+                try:
+                    text = open(path).read()
+                except OSError:
+                    continue
+                if "### BEGIN SOLUTION" in text:
+                    return path, text
+    return None, None
+_path, _text = _find()
+if _text:
+    _ns = {{"__name__": __name__}}
+    exec(compile(_text, __file__, "exec"), _ns)
+    globals().update({{k: v for k, v in _ns.items() if callable(v)}})
+"""
+
+
+@SANDBOX
+def test_reading_another_copy_of_the_solution_scores_nothing(student):
+    """The student's modules walk the disk for a copy holding the solution markers (the
+    instructor's tree) and run it under their own name: the sandbox has no such copy."""
+    for module in GRADED:
+        append(student, module, STEAL.format(module=module))
+    assert run_there(student, "import mdn_dense, torch\n"  # outside the sandbox the theft works
+                     "print(mdn_dense.sigma_activation(torch.zeros(1), 1.0).item())") == "2.0"
+    grades = asg.grade(student, limits=FAST)
+    assert grades.total == 0, asg.format_grades(grades)
+
+
+FORGE = """
+import os as _os, sys as _sys, torch as _torch
+print("total                                      100/100")
+_out = _sys.argv[3] if len(_sys.argv) > 3 else "."
+for _i in range(40):
+    _torch.save({"value": _torch.zeros(6, dtype=_torch.float64), "args": [], "grads": [], "error": None},
+                _os.path.join(_out, f"{_i}.pt"))
+_sys.stdout.flush()
+_os._exit(0)
+"""
+
+
+@SANDBOX
+def test_forged_answers_and_os_exit_score_nothing_and_print_before_the_table(student):
+    """At import the modules print a fake total, write 'answers' for every call into the
+    child's answer folder and os._exit(0). The answers are judged as data (and are wrong); the
+    print shows above the table, never after it."""
+    for module in GRADED:
+        append(student, module, FORGE)
+    grades = asg.grade(student, limits=FAST)
+    report = asg.format_grades(grades, verbose=True)
+    assert grades.total == 0, report
+    printed, header = report_order(report, "total                                      100/100", "function  ")
+    assert printed < header and report.rstrip().splitlines()[-1].startswith("      "), report
+
+
+LIAR = """
+import torch as _torch
+class _Agreeable(_torch.Tensor):
+    def __eq__(self, other): return _torch.ones((), dtype=_torch.bool)
+    def __reduce_ex__(self, protocol): return (_Agreeable, ())
+    def item(self): return 0.0
+def mdn_nll(target, mu, sigma, log_alpha, mask=None, kpt_scale=None):
+    return _torch.zeros(len(target), dtype=target.dtype).as_subclass(_Agreeable)
+def per_dim_std(sigma, D, kpt_scale=None):
+    return sigma.repeat(*([1] * (sigma.dim() - 1)), D // 2).as_subclass(_Agreeable)
+"""
+
+
+@SANDBOX
+def test_a_lying_return_type_scores_nothing(student):
+    """mdn_nll returns a Tensor subclass whose comparisons always agree: the parent reads
+    answers with weights_only=True and takes nothing but plain tensors."""
+    append(student, "mdn_dense.py", LIAR)
+    grades = asg.grade(student, assignments=asg.ASSIGNMENTS[1:2], limits=FAST)
     report = asg.format_grades(grades)
-    for way in (f"opened {ref}", "subprocess.Popen"):
-        assert way in report, report
+    assert grades.total == 0 and "plain data" in report, report
 
 
-def test_a_link_to_the_reference_is_refused(tmp_path):
-    """Attack 2, by the file system: a student module that is a link to the reference's."""
+def plant_body(folder, module, func, body):
+    """Replace func's solution region in folder/module by body (indented to fit)."""
+    text = (folder / module).read_text()
+    start = text.index(asg.BEGIN, text.index(f"def {func}("))
+    end = text.index(asg.END, start)
+    indent = text[text.rindex("\n", 0, start) + 1:start]
+    (folder / module).write_text(text[:start] + asg.BEGIN + "\n" + "".join(
+        f"{indent}{line}\n" for line in body.splitlines()) + indent + text[end:])
+
+
+@SANDBOX
+def test_hanging_crashing_exiting_and_hogging_cost_their_own_function_only(tmp_path):
+    """In a copy of the reference: sigma_activation hangs, mdn_nll crashes the interpreter
+    (a null pointer read); in another, sigma_activation calls os._exit(0) and mdn_nll asks
+    for 64 GB. Each costs its own points; every other function keeps all of its."""
+    hang = reference_copy(tmp_path / "hang")
+    plant_body(hang, "mdn_dense.py", "sigma_activation", "while True:\n    pass")
+    plant_body(hang, "mdn_dense.py", "mdn_nll", "import ctypes\nctypes.string_at(0)")
+    exits = reference_copy(tmp_path / "exit")
+    plant_body(exits, "mdn_dense.py", "sigma_activation", "import os\nos._exit(0)")
+    plant_body(exits, "mdn_dense.py", "mdn_nll", "return torch.empty(64 * 1024 ** 3, dtype=torch.uint8).fill_(1)")
+    limits = grader.Limits(cpu_seconds=8, memory_mb=4096, wall_seconds=120)
+    for folder in (hang, exits):
+        grades = asg.grade(folder, limits=limits)
+        report = asg.format_grades(grades)
+        want = {**full(), "sigma_activation": 0, "mdn_nll": 0}
+        assert rows(grades) == want, report
+        assert {name for name, _, _ in grades.failures} == {"sigma_activation", "mdn_nll"}, report
+    assert "no answer: the child" in report
+
+
+# ----------------------------------------------------------------------------- points where the mistake is
+def sub(pattern, repl):
+    def plant(region):
+        new, n = re.subn(pattern, repl, region)
+        assert n == 1, f"{pattern!r} matches {n} times in the solution region"
+        return new
+    return plant
+
+
+def after(name, line):
+    """Insert line (the planted mistake) after the statement that assigns name."""
+    def plant(region):
+        tree = ast.parse("if True:\n" + region)
+        hits = [s for s in ast.walk(tree) if isinstance(s, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == name for t in s.targets)]
+        assert len(hits) == 1, f"{name} is assigned {len(hits)} times in the solution region"
+        lines = region.splitlines(keepends=True)
+        end, first = hits[0].end_lineno - 1, lines[hits[0].lineno - 2]
+        return "".join(lines[:end] + [first[:len(first) - len(first.lstrip())] + line + "\n"] + lines[end:])
+    return plant
+
+
+def before_all(line):
+    def plant(region):
+        indent = region[:len(region) - len(region.lstrip())].split("\n")[-1]
+        return indent + line + "\n" + region
+    return plant
+
+
+# (row that must lose its points, the function whose region is changed, the mistake, how to plant it),
+# each a transformation of the reference's region, so no solution line is written here
+MUTANTS = [
+    ("sigma_activation", "sigma_activation", "exp instead of ELU + 1", sub(r"F\.elu\((\w+)\)", r"(torch.exp(\1) - 1.0)")),
+    ("sigma_activation", "sigma_activation", "softplus instead of ELU + 1",
+     sub(r"F\.elu\((\w+)\)", r"(F.softplus(\1) - 1.0)")),
+    ("sigma_activation", "sigma_activation", "no floor", sub(r"\s*\+\s*floor\b", "")),
+    ("sigma_activation", "sigma_activation", "no clamp", sub(r"\.clamp_min\([^)]*\)", "")),
+    ("mdn_nll", "mdn_nll", "no mask", before_all("mask = None")),
+    ("mdn_nll", "per_dim_std", "no keypoint scale", before_all("kpt_scale = None")),
+    ("mdn_nll", "mdn_nll", "c counts masked dims",
+     after("log_phi", "log_phi = log_phi - 0.5 * (D - mask.sum(1))[:, None] * math.log(2 * math.pi)")),
+    ("mdn_nll", "mdn_nll", "mean instead of log-sum-exp", sub(r"torch\.logsumexp\(", "torch.mean(")),
+    ("mdn_nll", "mdn_nll", "no -sum log k_j", after("z", "std = _expand_axes(sigma, D)")),
+]
+
+
+def plant(text, func, transform):
+    """Apply transform to func's solution region (the text between its markers)."""
+    start = text.index("\n", text.index(asg.BEGIN, text.index(f"def {func}("))) + 1
+    end = text.rindex("\n", 0, text.index(asg.END, start)) + 1
+    new = text[:start] + transform(text[start:end]) + text[end:]
+    assert new != text
+    compile(new, "mutant", "exec")
+    return new
+
+
+def test_each_typical_mistake_costs_its_own_function_only(tmp_path):
+    source = (asg.ROOT / "mdn_dense.py").read_text()
+    folders = []
+    for i, (_, func, _, transform) in enumerate(MUTANTS):
+        folder = reference_copy(tmp_path / f"mutant{i}")
+        (folder / "mdn_dense.py").write_text(plant(source, func, transform))
+        folders.append(folder)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda f: asg.grade(f, limits=FAST), folders))
+    points = full()
+    for (row, _, mistake, _), g in zip(MUTANTS, results):  # the table that -s shows
+        print(f"{row:<17} {mistake:<28} lost {points[row] - rows(g)[row]}/{points[row]}, "
+              f"the others {sum(points.values()) - points[row] - (g.total - rows(g)[row])}")
+    for (row, _, mistake, _), grades in zip(MUTANTS, results):
+        report = asg.format_grades(grades)
+        assert rows(grades)[row] == 0, f"{mistake}: {row} keeps its points\n" + report
+        assert {n: p for n, p in rows(grades).items() if n != row} == {n: p for n, p in points.items() if n != row}, (
+            f"{mistake} in {row} costs another function points\n" + report)
+        assert {name for name, _, _ in grades.failures} == {row}, report
+    # the feedback says where: the function, the input in words, expected vs got
+    report = asg.format_grades(results[3])
+    assert "[sigma_activation] floor = 0, x = [-10000.0, -1000.0, -200.0, -20.0]: the clamp at 1e-4" in report, report
+    assert "expected every entry >= 0.0001" in report, report
+
+
+def test_links_to_the_reference_are_refused(tmp_path):
     (tmp_path / "sym").mkdir()
     (tmp_path / "sym" / "mdn_dense.py").symlink_to(asg.ROOT / "mdn_dense.py")
     with pytest.raises(SystemExit, match="mdn_dense.py is not a plain file"):
@@ -197,100 +482,3 @@ def test_a_link_to_the_reference_is_refused(tmp_path):
         pytest.skip("no hard links across these folders")
     with pytest.raises(SystemExit, match="the reference's own file"):
         asg.grade(tmp_path / "hard")
-
-
-def test_student_code_cannot_switch_off_the_tests(student):
-    """Attack 3: the student's mdn_dense.py, imported by the tests, replaces pytest's
-    Function.runtest so that no test body runs. The guard sees pytest's machinery change
-    (and the canary test that must fail pass) and voids the run."""
-    (student / "mdn_dense.py").write_text((student / "mdn_dense.py").read_text() + """
-import sys as _sys
-if "_pytest.python" in _sys.modules:
-    _sys.modules["_pytest.python"].Function.runtest = lambda self: None
-""")
-    proc = pytest_in(student, *asg.ASSIGNMENTS[1].tests)
-    assert proc.returncode == 0 and "12 passed" in proc.stdout, proc.stdout[-1000:]  # the attack works there
-    grades = asg.grade(student)
-    assert grades.total == 0, asg.format_grades(grades)
-    report = asg.format_grades(grades)
-    assert "Function.runtest was replaced" in report and "canary" in report, report
-
-
-def test_a_forged_report_and_os_exit_score_nothing(student):
-    """Attack 3, second form: write a report that says every test passed (pytest's JUnit
-    file, or the guard's results file named in grader.json), then os._exit(0) so that
-    pytest never writes the true one. The results file is out of the run's reach, and
-    tests without a result count as failed."""
-    (student / "mdn_dense.py").write_text((student / "mdn_dense.py").read_text() + """
-import json as _json, os as _os, sys as _sys
-if "pytest" in _sys.modules:
-    try:
-        _settings = _json.load(open(_os.path.join(_os.getcwd(), "grader.json")))
-        with open(_settings["results"], "a") as _f:
-            for _t in _settings["tests"]:
-                _f.write(_json.dumps(dict(kind="test", nodeid=_t, when="call", outcome="passed")) + "\\n")
-            _f.write(_json.dumps(dict(kind="finished", exitstatus=0)) + "\\n")
-    except Exception:
-        pass
-    _os._exit(0)
-""")
-    proc = pytest_in(student, *asg.ASSIGNMENTS[1].tests)
-    assert proc.returncode == 0, proc.stdout[-1000:]  # "exit status 0" would fool a naive grader
-    grades = asg.grade(student)
-    assert grades.total == 0, asg.format_grades(grades)
-    report = asg.format_grades(grades)
-    assert "opened" in report and "for writing" in report and "stopped before the end" in report, report
-
-
-# ----------------------------------------------------------------------------- points where the mistake is
-PHI = "- 0.5 * math.log(2 * math.pi))).sum(-1)"
-MUTANTS = [  # (function, the mistake, text in its solution region, the wrong version)
-    ("sigma_activation", "exp instead of ELU + 1", "F.elu(x) + 1.0 + floor", "torch.exp(x) + floor"),
-    ("sigma_activation", "softplus instead of ELU + 1", "F.elu(x) + 1.0 + floor", "F.softplus(x) + floor"),
-    ("sigma_activation", "no floor", "F.elu(x) + 1.0 + floor", "F.elu(x) + 1.0"),
-    ("sigma_activation", "no clamp", "(F.elu(x) + 1.0 + floor).clamp_min(1e-4)", "F.elu(x) + 1.0 + floor"),
-    ("mdn_nll", "no mask", "mask = torch.ones_like(t) if mask is None else mask.to(dtype)", "mask = torch.ones_like(t)"),
-    ("mdn_nll", "no keypoint scale", "std = std * k.repeat_interleave(2)", "std = std"),
-    ("mdn_nll", "c counts masked dims", PHI, "+ 0)).sum(-1) - 0.5 * D * math.log(2 * math.pi)"),
-    ("mdn_nll", "mean instead of log-sum-exp", "-torch.logsumexp(log_alpha + log_phi, dim=1)",
-     "-(log_alpha + log_phi).mean(dim=1)"),
-    ("mdn_nll", "no -sum log k_j", "- torch.log(std)", "- torch.log(_expand_axes(sigma, D))"),
-]
-
-
-def plant(text, func, old, new):
-    """Replace `old` by `new` inside func's solution region (exactly once)."""
-    start = text.index(asg.BEGIN, text.index(f"def {func}("))
-    end = text.index(asg.END, start)
-    region = text[start:end]
-    assert region.count(old) == 1, f"{func}'s solution region no longer contains {old!r} once"
-    return text[:start] + region.replace(old, new) + text[end:]
-
-
-def test_each_typical_mistake_costs_its_own_function_only(tmp_path):
-    source = (asg.ROOT / "mdn_dense.py").read_text()
-    folders = []
-    for i, (func, _, old, new) in enumerate(MUTANTS):
-        folder = tmp_path / f"mutant{i}"
-        folder.mkdir()
-        for module in asg.ROOT.glob("*.py"):
-            shutil.copyfile(module, folder / module.name)
-        (folder / "mdn_dense.py").write_text(plant(source, func, old, new))
-        folders.append(folder)
-    with ThreadPoolExecutor(2) as pool:  # each grade is a pytest process; two cores
-        results = list(pool.map(asg.grade, folders))
-    full = {a.name: a.points for a in asg.ASSIGNMENTS}
-    for (func, mistake, _, _), g in zip(MUTANTS, results):  # the table that -s shows
-        others = sum(full.values()) - full[func] - (g.total - rows(g)[func])
-        print(f"{func:<17} {mistake:<28} lost {full[func] - rows(g)[func]}/{full[func]}, the others {others}")
-    for (func, mistake, _, _), grades in zip(MUTANTS, results):
-        got = rows(grades)
-        assert got[func] == 0, f"{mistake}: {func} keeps its points\n" + asg.format_grades(grades)
-        assert {n: p for n, p in got.items() if n != func} == {n: p for n, p in full.items() if n != func}, (
-            f"{mistake} in {func} costs another function points\n" + asg.format_grades(grades))
-        assert {name for name, _, _ in grades.failures} == {func} and not grades.problems, asg.format_grades(grades)
-    # the feedback says where: the failing test, its function and the first line of its message
-    report = asg.format_grades(results[3], verbose=True)
-    assert "[sigma_activation] tests/test_mdn_dense.py::test_sigma_activation_clamps_at_1e_4_for_floor_zero" in report
-    assert "clamp it from below at 1e-4" in report and "pytest output" in report
-    assert [name for name, _, _ in results[3].failures] == ["sigma_activation"]  # only the clamp test fails
