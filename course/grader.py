@@ -13,6 +13,7 @@ that child and can cost only that assignment's points.
 import importlib
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -92,6 +93,8 @@ def through_transport(answer):
 
 def read_answer(path):
     """The child's answer to one call, or a string saying why there is none."""
+    if path.is_symlink():
+        return "the answer is a link, not a file the child wrote"
     if not path.is_file():
         return None
     if path.stat().st_size > ANSWER_BYTES:
@@ -101,7 +104,9 @@ def read_answer(path):
     except NotPlain as e:
         return f"the answer is not plain data: {e}"
     except Exception as e:  # anything torch.load refuses: a pickled object, a Tensor subclass, junk
-        return f"the answer could not be read as plain data ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        why = f"it holds a {found.group(1)}" if found else f"{type(e).__name__}: {str(e).strip()[:120]}"
+        return f"the answer is not plain data: torch.load(weights_only=True) refused it ({why})"
     error = answer.get("error") if type(answer) is dict else None
     if (type(answer) is not dict or set(answer) != {"value", "args", "grads", "error"}
             or type(answer["args"]) is not list or type(answer["grads"]) is not list

@@ -122,8 +122,10 @@ def run_child(student, grader, out, cpu_seconds, memory_mb, wall_seconds, mode):
 
 
 def _ended(code, cpu_seconds):
-    if code < 0:
-        sig = signal.Signals(-code).name
+    """How the child ended, in words; bwrap reports a signal as status 128 + its number."""
+    number = -code if code < 0 else code - 128 if code > 128 else None
+    if number in {s.value for s in signal.Signals}:
+        sig = signal.Signals(number).name
         extra = f" (the {cpu_seconds} s CPU-time limit)" if sig in ("SIGXCPU", "SIGKILL") else ""
-        return f"killed by {sig}{extra}"
+        return f"was killed by {sig}{extra}"
     return f"exited with status {code}"

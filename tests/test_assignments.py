@@ -274,22 +274,22 @@ def test_in_process_tampering_scores_nothing(student):
 
 
 STEAL = """
-import os as _os
+import glob as _glob, os as _os
 def _find():
-    for top in ["/", _os.path.expanduser("~")]:
-        for root, dirs, files in _os.walk(top):
-            dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev", "usr", "lib", "site-packages")
-                       and root.count(_os.sep) < 5]
-            if "{module}" in files:
-                path = _os.path.join(root, "{module}")
-                try:
-                    text = open(path).read()
-                except OSError:
-                    continue
-                if "### BEGIN SOLUTION" in text:
-                    return path, text
-    return None, None
-_path, _text = _find()
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    tops = [{hint!r}, "/", "/work", "/home", "/root", "/srv", "/opt", "/tmp", _os.getcwd()]
+    while here != "/":  # every folder above this one, and their neighbours
+        tops.append(here)
+        here = _os.path.dirname(here)
+    for top in tops:
+        for path in _glob.glob(f"{{top}}/{module}") + _glob.glob(f"{{top}}/*/{module}"):
+            try:
+                text = open(path).read()
+            except OSError:
+                continue
+            if "### BEGIN SOLUTION" in text:
+                return text
+_text = _find()
 if _text:
     _ns = {{"__name__": __name__}}
     exec(compile(_text, __file__, "exec"), _ns)
@@ -299,10 +299,11 @@ if _text:
 
 @SANDBOX
 def test_reading_another_copy_of_the_solution_scores_nothing(student):
-    """The student's modules walk the disk for a copy holding the solution markers (the
-    instructor's tree) and run it under their own name: the sandbox has no such copy."""
+    """The student's modules search the disk (the folders above theirs, the usual tops and
+    the one above the instructor's tree) for a copy holding the solution markers and run it
+    under their own name: the sandbox has no such copy."""
     for module in GRADED:
-        append(student, module, STEAL.format(module=module))
+        append(student, module, STEAL.format(module=module, hint=str(asg.ROOT.parent)))
     assert run_there(student, "import mdn_dense, torch\n"  # outside the sandbox the theft works
                      "print(mdn_dense.sigma_activation(torch.zeros(1), 1.0).item())") == "2.0"
     grades = asg.grade(student, limits=FAST)

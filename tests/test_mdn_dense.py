@@ -1,9 +1,9 @@
 """Oracle and invariance tests for mdn_dense.py (the mixture math and the losses).
 
 The tests of the two graded activation / loss functions come first, sigma_activation then
-mdn_nll (assignments.ASSIGNMENTS grades them by these names). Each depends on its own
-function alone, and each fails for one of that function's typical mistakes with a message
-that names it; tests/test_assignments.py plants those mistakes and checks the points.
+mdn_nll. Each depends on its own function alone and fails for one of that function's typical
+mistakes with a message that names it (the course grader's own checks, course/checks.py,
+judge the same behaviour in a sandbox; tests/test_assignments.py plants the mistakes there).
 """
 import math
 
