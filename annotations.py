@@ -24,14 +24,32 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-# COCO's person keypoints and their OKS sigmas in pycocotools' convention (= the paper's / 10,
-# = mdn_dense.COCO_KPT_SCALE): the default oks_sigmas when a category names exactly these.
+# ----------------------------------------------------------------------------- COCO's person category
+# The one table every module imports: joint names, the skeleton (1-based joint pairs, as COCO's files
+# store it) and the OKS sigmas in pycocotools' convention (the COCO keypoint paper's values / 10). The
+# sigmas are a dataset's default oks_sigmas when its category names exactly these joints, and the
+# official code uses them as the per-joint scale k_j of Eq. (4), so an eye gets a tighter Gaussian
+# than a hip.
 COCO_PERSON_KEYPOINTS = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
     "left_knee", "right_knee", "left_ankle", "right_ankle"]
 COCO_PERSON_SIGMAS = np.array([.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062,
                                .107, .107, .087, .087, .089, .089])
+COCO_PERSON_SKELETON = [
+    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8],
+    [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]
+
+
+def default_oks_sigmas(keypoint_names):
+    """COCO's OKS sigmas (a copy) when keypoint_names are exactly COCO's 17, else None: a
+    dataset with other joints must bring its own (its category's "sigmas", --oks-sigmas)."""
+    return COCO_PERSON_SIGMAS.copy() if list(keypoint_names) == COCO_PERSON_KEYPOINTS else None
+
+
+def skeleton_pairs(skeleton):
+    """A COCO category's skeleton (1-based joint pairs) -> 0-based (a, b) tuples."""
+    return [(a - 1, b - 1) for a, b in skeleton]
 
 
 # ----------------------------------------------------------------------------- files
@@ -50,8 +68,9 @@ def coco2017_paths(root, task, split):
 
 def dataset_paths(task, split, data=None, ann=None, images=None):
     """Where a split comes from, for train.py and evaluate.py alike: a COCO 2017 root
-    (--data), an annotation file with its image folder (--ann / --images), or, with
-    neither, the synthetic demo set (generated on first use). -> (ann_file, image_dir)."""
+    (--data) or an annotation file with its image folder (--ann / --images) -> (ann_file,
+    image_dir); None when neither is given (the caller then uses the synthetic demo set,
+    synthetic_coco.ensure_demo_dataset)."""
     if data:
         if ann or images:
             raise SystemExit("give --data or --ann/--images, not both")
@@ -60,8 +79,7 @@ def dataset_paths(task, split, data=None, ann=None, images=None):
         if not (ann and images):
             raise SystemExit("--ann and --images go together")
         return Path(ann), Path(images)
-    from synthetic_coco import ensure_demo_dataset  # the generator is only needed here
-    return ensure_demo_dataset(task)[split]
+    return None
 
 
 def _check(ok, path, what):

@@ -1,4 +1,4 @@
-"""Speed and memory of the pieces, printed as one table (README quotes it).
+"""Speed and memory of the pieces, printed as one table (RESULTS.md records its rows).
 
     python bench.py                 # CPU rows at the demo size (128 px) + loader at 512
     python bench.py --quick         # fewer iterations (a smoke check, numbers are noisy)
@@ -35,6 +35,7 @@ import mdn_dense as md
 from decode import decode
 from util import precision as px
 from model import ModelConfig, build_model, default_sigma_floor, head_channels
+from annotations import COCO_PERSON_SIGMAS
 
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"
 
@@ -85,7 +86,7 @@ def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"
     def step():
         with px.autocast(device, precision):
             outputs = model(x)
-        loss, _ = md.total_loss(outputs, targets, kpt_scale=md.COCO_KPT_SCALE)
+        loss, _ = md.total_loss(outputs, targets, kpt_scale=COCO_PERSON_SIGMAS)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

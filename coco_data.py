@@ -57,7 +57,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from annotations import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, flip_index, load_coco
+from annotations import default_oks_sigmas, flip_index, load_coco, skeleton_pairs
 
 STRIDE = 4                                  # output map = input / 4
 MAX_OBJS = {"det": 128, "pose": 32}
@@ -339,9 +339,45 @@ class CocoDataset(torch.utils.data.Dataset):
         self.cat_ids = [c["id"] for c in cats]                 # class id -> COCO category id
         self.cat_to_class = {c: i for i, c in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
+        self._hold_records()
         self.image_ids = sorted(coco.imgs)
         if task == "pose" and train:
             self.image_ids = [i for i in self.image_ids if self.annotations(i)]
+
+    # Records as numpy arrays: forked loader workers read these without writing to them.
+    # Python dicts and lists would be copied into each worker page by page as reference
+    # counts change, up to a copy of all records per worker (checks/coco_scale.py measures
+    # it); self.coco stays for the main process (evaluation, info, check_trainable).
+    def _hold_records(self):
+        ids = np.array(sorted(self.coco.imgs), np.int64)
+        imgs = [self.coco.imgs[int(i)] for i in ids]
+        self._rec_ids = ids                                                    # (I,) sorted
+        self._rec_files = np.array([im["file_name"] for im in imgs], np.str_)  # (I,)
+        self._rec_sizes = np.array([(im["width"], im["height"]) for im in imgs], np.int64).reshape(-1, 2)
+        anns = [self.annotations(int(i)) for i in ids]
+        self._ann_start = np.cumsum([0] + [len(a) for a in anns], dtype=np.int64)  # (I + 1,)
+        flat = [a for per_image in anns for a in per_image]
+        self._ann_boxes = np.array([a["bbox"] for a in flat], np.float64).reshape(-1, 4)  # (A, 4) xywh
+        self._ann_classes = np.array([self.cat_to_class[a["category_id"]] for a in flat], np.int64)
+        K = self.num_joints
+        self._ann_keypoints = (np.array([a["keypoints"] for a in flat], np.float64).reshape(-1, K, 3) if K
+                               else np.zeros((len(flat), 0, 3)))               # (A, K, 3)
+
+    def _row(self, img_id):
+        row = int(np.searchsorted(self._rec_ids, img_id))
+        if row == len(self._rec_ids) or self._rec_ids[row] != img_id:
+            raise KeyError(f"{self.ann_file}: no image id {img_id}")
+        return row
+
+    @property
+    def image_ids(self):
+        """The ids of the images this split serves, in order (a list; assign to cut it)."""
+        return self._image_ids
+
+    @image_ids.setter
+    def image_ids(self, ids):
+        self._image_ids = list(ids)
+        self._image_id_array = np.array(self._image_ids, np.int64)   # what __getitem__ reads
 
     def _oks_sigmas(self, given, cat):
         """The argument, else the category's "sigmas", else COCO's for COCO's 17 names."""
@@ -352,8 +388,7 @@ class CocoDataset(torch.utils.data.Dataset):
         if given is None and "sigmas" in cat:                  # checked by load_coco
             return np.array(cat["sigmas"], np.float64)
         if given is None:
-            is_coco = self.keypoint_names == COCO_PERSON_KEYPOINTS
-            return COCO_PERSON_SIGMAS.copy() if is_coco else None
+            return default_oks_sigmas(self.keypoint_names)
         try:
             s = np.array(given, np.float64)
         except (TypeError, ValueError):
@@ -364,15 +399,13 @@ class CocoDataset(torch.utils.data.Dataset):
         return s
 
     def __len__(self):
-        return len(self.image_ids)
+        return len(self._image_id_array)
 
     def annotations(self, img_id):
         """The COCO annotation dicts of image img_id that are targets: the task's categories,
         not crowd, in file order (zero-size boxes included: render_targets skips them)."""
         return [a for a in self.coco.imgToAnns.get(img_id, [])
                 if a["category_id"] in self.cat_to_class and not a["iscrowd"]]
-
-    _annotations = annotations   # the old private name, still called by notebooks 02-05
 
     def info(self):
         """The names a trained model needs without this file: class names and COCO category
@@ -381,7 +414,7 @@ class CocoDataset(torch.utils.data.Dataset):
         info = dict(task=self.task, cat_ids=list(self.cat_ids), class_names=[c["name"] for c in cats])
         if self.task == "pose":
             info.update(keypoint_names=self.keypoint_names, flip_idx=list(self.flip_idx),
-                        skeleton=[[a - 1, b - 1] for a, b in cats[0].get("skeleton", [])],
+                        skeleton=[list(p) for p in skeleton_pairs(cats[0].get("skeleton", []))],
                         oks_sigmas=None if self.oks_sigmas is None else self.oks_sigmas.tolist())
         return info
 
@@ -414,11 +447,12 @@ class CocoDataset(torch.utils.data.Dataset):
 
     def load_image(self, img_id):
         """The image as PIL RGB (read_image), checked against the annotated size."""
-        info = self.coco.imgs[img_id]
-        image = read_image(self.image_dir / info["file_name"], f"image id {img_id}")
-        if image.size != (info["width"], info["height"]):
-            raise BadImageError(f"image id {img_id}: {self.image_dir / info['file_name']} is "
-                                f"{image.size[0]}x{image.size[1]}, the annotations say {info['width']}x{info['height']}")
+        row = self._row(img_id)
+        path, (width, height) = self.image_dir / str(self._rec_files[row]), self._rec_sizes[row].tolist()
+        image = read_image(path, f"image id {img_id}")
+        if image.size != (width, height):
+            raise BadImageError(f"image id {img_id}: {path} is "
+                                f"{image.size[0]}x{image.size[1]}, the annotations say {width}x{height}")
         return image
 
     def __getitem__(self, index):
@@ -438,7 +472,7 @@ class CocoDataset(torch.utils.data.Dataset):
     def sample(self, index, rng=None):
         """Item `index`: augmented with rng (np.random.Generator), the deterministic
         validation transform without."""
-        img_id = self.image_ids[index]
+        img_id = int(self._image_id_array[index])
         image = self.load_image(img_id)
         w, h = image.size
         S = self.input_size
@@ -454,15 +488,15 @@ class CocoDataset(torch.utils.data.Dataset):
             img2in = affine_matrix(center, scale, S, flip)        # (2, 3)
             inp = to_input(warp_image(image, img2in, S), rng if self.color_aug else None)  # (3, S, S)
         img2out = img2in / STRIDE
-        anns = self.annotations(img_id)
-        boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
+        row = self._row(img_id)
+        first, last = self._ann_start[row], self._ann_start[row + 1]   # this image's annotations
+        boxes = self._ann_boxes[first:last]                      # (n, 4) x y w h
         corners = apply_affine(np.stack([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1), img2out)
         boxes = np.concatenate([corners.min(1), corners.max(1)], 1)  # (n, 4) x1 y1 x2 y2
-        classes = [self.cat_to_class[a["category_id"]] for a in anns]
+        classes = self._ann_classes[first:last].tolist()
         keypoints = None
         if self.task == "pose":
-            K = self.num_joints
-            keypoints = np.array([a["keypoints"] for a in anns], np.float64).reshape(-1, K, 3)
+            keypoints = self._ann_keypoints[first:last].copy()    # (n, K, 3)
             keypoints[..., :2] = apply_affine(keypoints[..., :2], img2out)
             if flip:   # the mirrored person's left joints are the original right ones
                 keypoints = keypoints[:, self.flip_idx]

@@ -1,59 +1,21 @@
-"""Decoded detections -> COCO result dicts -> COCOeval statistics.
+"""COCO result dicts -> COCOeval statistics (§4: the AP of Tables 1, 3).
 
-The last step of CenterNet's pipeline (its ctdet / multi_pose post-processing and
-run_eval): map mdn_dense.decode's output-map coordinates back to original image pixels
-with each image's out2img affine (from coco_data.CocoDataset), write COCO's result format
-and evaluate with pycocotools.
+The last step of CenterNet's pipeline (its run_eval): pycocotools' COCOeval on result dicts
+in original image pixels (inference.to_coco_results writes them from decoded detections).
 
 Differs from the official code: scores are not rounded (rounding to 2 decimals creates
-ties that change AP); "no detections" gives all-zero statistics instead of pycocotools'
-IndexError; loadRes gets copies (it edits the dicts it is given).
+ties that change AP; inference.to_coco_results keeps them whole); "no detections" gives
+all-zero statistics instead of pycocotools' IndexError; loadRes gets copies (it edits the
+dicts it is given).
 """
 import contextlib
 import copy
 import io
 
 import numpy as np
-import torch
 from pycocotools.cocoeval import COCOeval
 
-from coco_data import apply_affine
-
 NUM_STATS = {"bbox": 12, "keypoints": 10}
-
-
-def _numpy(x):
-    return x.detach().cpu().double().numpy() if torch.is_tensor(x) else np.asarray(x, np.float64)
-
-
-def to_coco_results(det, out2img, image_ids, cat_ids, task):
-    """mdn_dense.decode output -> a flat list of COCO result dicts.
-
-    det: scores, classes (B, k), boxes (B, k, 4) x1 y1 x2 y2 and, for pose, keypoints
-    (B, k, K, 2), all in output-map pixels; out2img (B, 2, 3); image_ids (B,); cat_ids: class
-    id -> COCO category id. Each dict: image_id, category_id, bbox [x, y, w, h] in original
-    pixels, score (float, unrounded); pose adds keypoints [x, y, 1] * K, so one list can be
-    evaluated as boxes and as keypoints.
-    """
-    A = _numpy(out2img)                                               # (B, 2, 3)
-    scores, classes = _numpy(det["scores"]), _numpy(det["classes"]).astype(int)
-    boxes = _numpy(det["boxes"])
-    kps = _numpy(det["keypoints"]) if task == "pose" else None
-    results = []
-    for b, img_id in enumerate(_numpy(image_ids).astype(int).tolist()):
-        corners = apply_affine(boxes[b].reshape(-1, 2, 2), A[b])      # (k, 2, 2)
-        xy1, xy2 = corners.min(1), corners.max(1)                     # a flip may swap corners
-        bbox = np.concatenate([xy1, xy2 - xy1], 1).tolist()           # (k, 4) x y w h
-        if kps is not None:
-            pts = apply_affine(kps[b], A[b])                          # (k, K, 2)
-            flat = np.concatenate([pts, np.ones_like(pts[..., :1])], -1).reshape(len(pts), -1)
-        for i in range(len(bbox)):
-            r = {"image_id": img_id, "category_id": int(cat_ids[classes[b, i]]),
-                 "bbox": bbox[i], "score": float(scores[b, i])}
-            if kps is not None:
-                r["keypoints"] = flat[i].tolist()
-            results.append(r)
-    return results
 
 
 def coco_evaluate(coco_gt, results, task, img_ids=None, iou_type=None, cat_ids=None,

@@ -9,7 +9,7 @@ multi-scale merge.
   flip_merge    the left-right flip test, per mixture component
   merge_scales  the multi-scale test (Fig. 3's S3 / S5): soft-NMS over the scales' detections
 
-Everything is in output-map pixels (input / 4); coco_eval.to_coco_results maps back to
+Everything is in output-map pixels (input / 4); inference.to_coco_results maps back to
 the image. Shapes as in mdn_dense.py's legend (k: detections kept per image).
 """
 import numpy as np
@@ -182,12 +182,14 @@ def flip_merge(out, out_flipped, flip_idx=None):
 
 
 # ----------------------------------------------------------------------------- multi-scale
-def box_iou(box, boxes):
-    """IoU of one box (4,) with boxes (n, 4), all x1 y1 x2 y2 (continuous, no +1)."""
-    lt, rb = np.maximum(box[:2], boxes[:, :2]), np.minimum(box[2:], boxes[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / np.maximum(area(box) + area(boxes) - inter, 1e-12)
+def box_iou(a, b):
+    """IoU of boxes a (n, 4) with boxes b (g, 4), all x1 y1 x2 y2 (continuous, no +1) -> (n, g);
+    0 where neither box has area. The project's one IoU (analysis/matching.py uses it too)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)                # (n, g)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
 
 
 def soft_nms(boxes, scores, method="gaussian", sigma=0.5, iou_thresh=0.5, min_score=0.001):
@@ -203,7 +205,7 @@ def soft_nms(boxes, scores, method="gaussian", sigma=0.5, iou_thresh=0.5, min_sc
         best = todo[scores[todo].argmax()]
         keep.append(best)
         todo = todo[todo != best]
-        iou = box_iou(boxes[best], boxes[todo])
+        iou = box_iou(boxes[best], boxes[todo])[0]
         scores[todo] *= np.exp(-iou ** 2 / sigma) if method == "gaussian" else np.where(iou > iou_thresh, 1 - iou, 1.0)
         todo = todo[scores[todo] >= min_score]
     keep = np.array(keep, dtype=np.int64)

@@ -26,13 +26,15 @@ How it differs from CenterNet's networks:
 the same code. Input sides must be multiples of 32 (five stride-2 steps).
 
 Shapes: B batch, C channels, H, W input size; the output is (B, 64 * width, H/4, W/4).
-This file is the backbone alone (it imports only torch); model.py adds the heads.
+This file is the backbone alone (torch, and util/weights.py to read weight files); model.py adds the heads.
 """
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from util.weights import read_state_dict
 
 
 LEVELS = (1, 1, 1, 2, 2, 1)
@@ -241,12 +243,14 @@ class DLANet(nn.Module):
 
 
 def load_imagenet_weights(backbone, path):
-    """Load DLA ImageNet weights (the official dla34-ba72cf86.pth or the same keys) into a
-    DLA backbone, strictly: raises a ValueError listing missing keys, unexpected keys and
-    shape mismatches. Ignored on purpose: the classifier `fc.*` and the unused `project`
-    of two-level trees (not built here). BN `num_batches_tracked` may be absent."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
+    """Load DLA ImageNet weights into a DLA backbone, strictly: the official
+    dla34-ba72cf86.pth, timm's dla34.in1k (model.safetensors or pytorch_model.bin) or any
+    file with the same keys. A file that does not fit is a one-line ValueError naming it,
+    with the missing keys, unexpected keys and shape mismatches. Ignored on purpose: the
+    classifier `fc.*` and the unused `project` of two-level trees (in the official file,
+    not built here nor in timm). BN `num_batches_tracked` may be absent. Returns the number
+    of tensors loaded."""
+    state = read_state_dict(path)
     dead = tuple(f"{name}.project." for name, m in backbone.named_modules()
                  if isinstance(m, Tree) and m.levels > 1)
     state = {k: v for k, v in state.items() if not k.startswith(("fc.",) + dead)}
@@ -256,10 +260,12 @@ def load_imagenet_weights(backbone, path):
     mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or mismatched:
-        raise ValueError(f"{path} does not fit the DLA backbone (width must be 1 for ImageNet "
-                         f"weights):\n  missing keys: {missing}\n  unexpected keys: {unexpected}\n"
-                         f"  shape mismatches: {mismatched}")
+        few = lambda keys: keys if len(keys) <= 4 else keys[:4] + [f"... {len(keys) - 4} more"]
+        raise ValueError(f"{path} does not fit the DLA-34 backbone (ImageNet weights need width 1): "
+                         f"missing keys: {few(missing)}; unexpected keys: {few(unexpected)}; "
+                         f"shape mismatches: {few(mismatched)}")
     backbone.load_state_dict(state, strict=False)  # strictness checked above
+    return len(state)
 
 
 def dla34(width=1.0, weights=None):

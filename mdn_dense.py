@@ -40,14 +40,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# COCO's per-joint OKS sigmas as printed in the COCO keypoint paper (pycocotools' own
-# `sigmas` are these / 10). The official code uses them / 10 (= pycocotools' sigmas) as the
-# per-joint scale k_j of Eq. (4), so that eyes get tighter Gaussians than hips.
-COCO_OKS_SIGMAS = [.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62,
-                   1.07, 1.07, .87, .87, .89, .89]
-COCO_KPT_SCALE = [s / 10 for s in COCO_OKS_SIGMAS]
-
-
 
 # ----------------------------------------------------------------------------- activations
 def sigma_activation(x, floor):

@@ -24,14 +24,19 @@ import torch
 import torch.nn as nn
 
 import mdn_dense as md
-from dla import dla34, dla_small
+from dla import dla34, dla_small, load_imagenet_weights
 from hourglass import hourglass104, hourglass_small
+from util.weights import resolve
 
 HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ~= 0.1: the focal loss prior of CornerNet/CenterNet
 # name -> (backbone builder, hidden channels of every head, input side multiple): the
 # paper's two networks and their CPU-demo versions (same code, narrower).
 ARCHS = {"hourglass104": (hourglass104, 256, 128), "dla34": (dla34, 256, 32),
          "small_hourglass": (hourglass_small, 64, 32), "small_dla": (dla_small, 64, 32)}
+# Backbones with ImageNet weights to start from (the official code's pretrained=True; the
+# hourglass tables train from scratch). Their normalisation: RGB / 255 with ImageNet's mean
+# (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
+IMAGENET_ARCHS = ("dla34",)
 CHECKPOINT_KIND, CHECKPOINT_VERSION = "mdn_dense checkpoint", 2
 
 
@@ -55,6 +60,7 @@ class ModelConfig:
     sigma_floor: float = 9.0      # sigma > floor (§4.2)
     mdn_head: str = "separate"    # separate (the paper's) | shared (one hidden layer)
     refine_heads: bool = True     # pose: hm_hp and hp_offset heads (CenterNet's refinement)
+    backbone_weights: str = ""    # the ImageNet weights the backbone started from ("" = from scratch)
 
     def __post_init__(self):
         if self.task not in md.REGRESSION_KEY:
@@ -67,6 +73,9 @@ class ModelConfig:
             raise ValueError(f"sigma floor must be >= 0, got {self.sigma_floor}")
         if self.mdn_head not in ("separate", "shared"):
             raise ValueError(f"mdn_head must be 'separate' or 'shared', got {self.mdn_head!r}")
+        if self.backbone_weights and self.arch not in IMAGENET_ARCHS:
+            raise ValueError(f"--backbone-weights: {self.arch} has no ImageNet weights "
+                             f"(only {', '.join(IMAGENET_ARCHS)}); it trains from scratch")
 
 
 def head_channels(cfg):
@@ -167,8 +176,16 @@ def check_input(x, multiple):
 
 
 def build_model(cfg):
-    """ModelConfig -> MixtureCenterNet."""
+    """ModelConfig -> MixtureCenterNet, freshly initialised (cfg.backbone_weights records
+    how a run started; load_backbone_weights applies it, so a checkpoint loads without the file)."""
     return MixtureCenterNet(cfg)
+
+
+def load_backbone_weights(model):
+    """Load the ImageNet weights that model.cfg.backbone_weights names (a file or a hub name
+    such as timm/dla34.in1k) into the backbone. Returns (the local file, tensors loaded)."""
+    path = resolve(model.cfg.backbone_weights)
+    return path, load_imagenet_weights(model.backbone.base, path)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from analysis import plots
 from util import precision as px
 from coco_data import STRIDE, BadImageError, invert_affine, letterbox, read_image
-from evaluate import Inference, decode_results, network_forward
+from inference import Inference, decode_results, network_forward
 from model import load_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}

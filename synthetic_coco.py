@@ -58,18 +58,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from annotations import COCO_PERSON_KEYPOINTS, COCO_PERSON_SKELETON
+
 GENERATOR_VERSION = 2  # part of the cache key: bump it whenever the drawing code changes
 
-COCO_KEYPOINT_NAMES = [
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-]
-COCO_SKELETON = [  # 1-based joint pairs, as in COCO's person category
-    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8],
-    [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7],
-]
-COCO_FLIP_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]  # 0-based
 FACE_HIDDEN_ON_BACK = (0, 1, 2)  # nose, left_eye, right_eye
 SHAPE_NAMES = ["circle", "square", "triangle", "star", "cross"]
 SMALL_AREA, LARGE_AREA = 32 ** 2, 96 ** 2  # COCO's area thresholds
@@ -391,7 +383,7 @@ def categories(task):
     if task == "shapes":
         return [dict(id=i + 1, name=name, supercategory="shape") for i, name in enumerate(SHAPE_NAMES)]
     return [dict(id=1, name="person", supercategory="person",
-                 keypoints=list(COCO_KEYPOINT_NAMES), skeleton=[list(e) for e in COCO_SKELETON])]
+                 keypoints=list(COCO_PERSON_KEYPOINTS), skeleton=[list(e) for e in COCO_PERSON_SKELETON])]
 
 
 def _resolve(task, params):

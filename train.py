@@ -26,13 +26,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import mdn_dense as md
+import synthetic_coco
 from annotations import dataset_paths
 from coco_data import CocoDataset
-from evaluate import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
-from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
+from inference import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
+from model import ARCHS, ModelConfig, build_model, default_sigma_floor, load_backbone_weights, read_checkpoint
 from util import precision as px
 from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
 from analysis.plots import plot_history
+from util.weights import is_hub_name
 from util.rundir import RunLock, init_from, next_run_folder, resume_state, save_run
 
 @dataclass
@@ -142,7 +144,8 @@ def evaluate_model(model, val, cfg, rank, world, device, progress):
 # ----------------------------------------------------------------------------- training
 def train(model_cfg, cfg, resume=False):
     """Train the model of model_cfg (num_classes / num_joints are read from the data) as cfg
-    says. Returns (the final evaluation's stats on rank 0 or None, the history)."""
+    says. Returns (the final validation stats, the history, the test split's stats or
+    None); the stats are None off rank 0."""
     rank, world, device = setup_distributed()
     out = Path(cfg.out)
     if cfg.batch_size % world:
@@ -169,6 +172,14 @@ def _train(model_cfg, cfg, resume, rank, world, device):
         if rank == 0:
             fresh = sorted({k.rsplit(".", 1)[0] for k in skipped})   # layers, e.g. heads.0.mdn_sigma.0
             print(f"--init {cfg.init}: copied {len(copied)} tensors; fresh: {', '.join(fresh) or 'none'}")
+    if model_cfg.backbone_weights and not resume:  # on --resume the checkpoint holds them
+        try:
+            path, n = load_backbone_weights(model)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise SystemExit(f"--backbone-weights: {e}") from None
+        if rank == 0:
+            print(f"--backbone-weights {model_cfg.backbone_weights}: {n} ImageNet tensors into the "
+                  f"{model_cfg.arch} backbone from {path}")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start_epoch, history = 0, []
     if resume:
@@ -198,7 +209,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     if len(loader) == 0:
         raise SystemExit(f"no training step: {cfg.ann}: {len(train_set)} images make no batch of "
                          f"{cfg.batch_size // world} per process (--batch-size)")
-    # Eq. (4)'s k_j: the OKS sigmas (for COCO's 17 joints the official COCO_KPT_SCALE)
+    # Eq. (4)'s k_j: the dataset's OKS sigmas (COCO's for its 17 joints, as the official code)
     kpt_scale = train_set.oks_sigmas.tolist() if model_cfg.task == "pose" else None
     weights = md.LossWeights(**cfg.loss_weights)
     if rank == 0:
@@ -356,6 +367,15 @@ def parse_args(argv=None):
                                                           "runs/<task>_m<M>[_N]) from its checkpoint")
     r.add_argument("--init", help="start from the weights of another run's ckpt.pt (fine-tuning; tensors whose "
                                   "name or shape differ, e.g. mixture heads after a --m 0 run, start fresh)")
+    r.add_argument("--backbone-weights", metavar="FILE_OR_HUB_NAME",
+                   help="dla34 only: start the backbone from ImageNet weights, as the official code does "
+                        "(Hourglass-104 trains from scratch): the official dla34-ba72cf86.pth, timm's "
+                        "model.safetensors / pytorch_model.bin of dla34.in1k, or the hub name timm/dla34.in1k "
+                        "(fetched with huggingface_hub: pip install -r requirements-hub.txt). Stored in the "
+                        "checkpoint; give it again with --resume. The weights were trained on RGB / 255 "
+                        "normalised with ImageNet's mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225); "
+                        "this project feeds RGB with CenterNet's COCO mean (0.470, 0.447, 0.408) and std "
+                        "(0.278, 0.274, 0.289), as the official code does (in BGR), and fine-tuning absorbs it")
     r.add_argument("--workers", type=non_negative(int), default=0, help="data-loader worker processes (default 0)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--eval-every", type=non_negative(int), default=0, help="also evaluate every N epochs (default 0: only at the end)")
@@ -377,20 +397,28 @@ def config_from_args(args):
     real = bool(args.data or args.ann)
     if args.init and args.resume:
         raise SystemExit("--init starts a new run from other weights; --resume continues this one: give one")
+    if args.init and args.backbone_weights:
+        raise SystemExit("--init copies a whole run's weights, backbone included; --backbone-weights starts "
+                         "the backbone from ImageNet: give one")
+    if args.backbone_weights and not args.resume and not (is_hub_name(args.backbone_weights)
+                                                           or Path(args.backbone_weights).is_file()):
+        raise SystemExit(f"--backbone-weights {args.backbone_weights}: no such file (nor a hub name "
+                         f"such as timm/dla34.in1k)")
     if args.sigma_floor is not None and args.m == 0:
         raise SystemExit("--sigma-floor is for the mixture (--m >= 1); the --m 0 base predicts no sigma")
     if (args.val_ann or args.val_images) and not args.ann:
         raise SystemExit("--val-ann / --val-images need --ann (with --data the val2017 split is used)")
     if (args.test_ann is None) != (args.test_images is None):
         raise SystemExit("--test-ann and --test-images go together")
-    ann, images = dataset_paths(args.task, "train", args.data, args.ann, args.images)
+    demo = None if args.data or args.ann or args.images else synthetic_coco.ensure_demo_dataset(args.task)
+    ann, images = dataset_paths(args.task, "train", args.data, args.ann, args.images) or demo["train"]
     if args.ann:
         val_ann, val_images = args.val_ann or ann, args.val_images or images
         test_ann, test_images = args.test_ann or "", args.test_images or ""
     else:
-        val_ann, val_images = dataset_paths(args.task, "val", args.data)
+        val_ann, val_images = dataset_paths(args.task, "val", args.data) or demo["val"]
         # the synthetic demo's held-out test split (another seed); COCO has none with labels
-        test_ann, test_images = ("", "") if args.data else dataset_paths(args.task, "test")
+        test_ann, test_images = ("", "") if args.data else demo["test"]
     arch = args.arch or ("hourglass104" if real else "small_dla")
     preset = PRESETS[arch]
     epochs, lr_steps = schedule(arch, args.schedule, args.epochs, args.lr_steps)
@@ -400,9 +428,13 @@ def config_from_args(args):
     weights = {k: getattr(args, "w_" + k) for k in ("hm", "reg", "wh", "hps", "hm_hp", "hp_offset")
                if getattr(args, "w_" + k) is not None}
     pick = lambda flag, key: flag if flag is not None else preset[key]
-    model_cfg = ModelConfig(task=args.task, m=args.m, arch=arch, mdn_head=args.mdn_head,
-                            sigma_floor=args.sigma_floor if args.sigma_floor is not None
-                            else default_sigma_floor(args.task, arch))
+    try:
+        model_cfg = ModelConfig(task=args.task, m=args.m, arch=arch, mdn_head=args.mdn_head,
+                                sigma_floor=args.sigma_floor if args.sigma_floor is not None
+                                else default_sigma_floor(args.task, arch),
+                                backbone_weights=args.backbone_weights or "")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     cfg = TrainConfig(ann=str(ann), images=str(images), val_ann=str(val_ann), val_images=str(val_images),
                       test_ann=str(test_ann), test_images=str(test_images),
                       input_size=pick(args.input_size, "input_size"), batch_size=pick(args.batch_size, "batch_size"),

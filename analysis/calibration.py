@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 import mdn_dense as md
-from analysis.components import text_table
+from analysis.tables import text_table
 
 LEVELS = (0.5, 0.68, 0.9, 0.95)
 

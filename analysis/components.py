@@ -1,6 +1,6 @@
 """What the mixture components learn: the analyses of the paper's §4.3.1 and §4.4.1-4.4.2.
 
-Every function takes a plain list of COCO result dicts (as evaluate.predict writes them:
+Every function takes a plain list of COCO result dicts (as inference.predict writes them:
 image_id, category_id, bbox [x, y, w, h], score, plus keypoints, component, sigma, center in
 original pixels) and, where ground truth is needed, the pycocotools COCO object, so a notebook
 can call them on any results.json. Definitions (the paper leaves these open; chosen here):
@@ -40,8 +40,9 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from annotations import joint_part, joint_side
+from analysis.matching import ground_truths, match_boxes, match_keypoints
+from analysis.tables import text_table
 from coco_eval import coco_evaluate
-from mdn_dense import COCO_KPT_SCALE
 
 # Table 6 columns: joint subsets by body part (the joint name without its side prefix).
 FACIAL = ("nose", "eye", "ear")
@@ -90,73 +91,6 @@ def purity(truth, clusters):
         return float("nan")
     table = contingency(clusters, truth)[0]
     return float(table.max(1).sum() / table.sum())
-
-
-# ----------------------------------------------------------------------------- matching
-def iou_xywh(a, b):
-    """IoU of two [x, y, w, h] boxes."""
-    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    inter = max(w, 0) * max(h, 0)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
-
-
-def oks_sigmas(num_joints):
-    """COCOeval's kpt_oks_sigmas (mdn_dense.COCO_OKS_SIGMAS / 10) for 17 joints; 0.05 (a
-    typical one) for every joint of other skeletons."""
-    return np.array(COCO_KPT_SCALE if num_joints == 17 else [0.05] * num_joints)
-
-
-def oks(pred, gt, area, sigmas):
-    """COCO's object keypoint similarity of predicted joints pred (K*3 or K*2 numbers) to a
-    ground truth's keypoints gt (K*3), over its annotated joints (v > 0)."""
-    gt = np.asarray(gt, np.float64).reshape(-1, 3)
-    pred = np.asarray(pred, np.float64).reshape(len(gt), -1)[:, :2]
-    seen = gt[:, 2] > 0
-    e = ((pred - gt[:, :2]) ** 2).sum(1) / ((2 * sigmas) ** 2 * (area + np.spacing(1)) * 2)  # pycocotools' computeOks
-    return float(np.exp(-e[seen]).mean()) if seen.any() else 0.0
-
-
-def greedy_match(results, gts, similarity, thresh):
-    """Greedy one-to-one matching, highest score first: each result takes the unmatched
-    ground truth of its image with the highest similarity(result, gt) >= thresh.
-    Returns a list of (result, gt) pairs."""
-    by_image = {}
-    for g in gts:
-        by_image.setdefault(g["image_id"], []).append(g)
-    used, pairs = set(), []
-    for r in sorted(results, key=lambda r: -r["score"]):
-        candidates = [(similarity(r, g), g["id"], g) for g in by_image.get(r["image_id"], []) if g["id"] not in used]
-        candidates = [c for c in candidates if c[0] >= thresh]
-        if candidates:
-            best = max(candidates, key=lambda c: (c[0], -c[1]))[2]
-            used.add(best["id"])
-            pairs.append((r, best))
-    return pairs
-
-
-def ground_truths(coco_gt, img_ids=None, keypoints=False):
-    """Non-crowd ground truth (with at least one annotated joint when keypoints)."""
-    ids = coco_gt.getImgIds() if img_ids is None else img_ids
-    anns = [a for a in coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=ids)) if not a.get("iscrowd", 0)]
-    return [a for a in anns if a.get("num_keypoints", 0) > 0] if keypoints else anns
-
-
-def match_boxes(results, coco_gt, score_thresh=0.3, iou_thresh=0.5, img_ids=None):
-    """(result, gt) pairs: same category, IoU >= iou_thresh, results with score >= score_thresh."""
-    results = [r for r in results if r["score"] >= score_thresh]
-    sim = lambda r, g: iou_xywh(r["bbox"], g["bbox"]) if r["category_id"] == g["category_id"] else -1.0
-    return greedy_match(results, ground_truths(coco_gt, img_ids), sim, iou_thresh)
-
-
-def match_keypoints(results, coco_gt, score_thresh=0.5, oks_thresh=0.5, img_ids=None, gts=None):
-    """(result, gt) pairs by OKS >= oks_thresh, results with score >= score_thresh."""
-    results = [r for r in results if r["score"] >= score_thresh]
-    gts = ground_truths(coco_gt, img_ids, keypoints=True) if gts is None else gts
-    sigmas = oks_sigmas(len(gts[0]["keypoints"]) // 3) if gts else None
-    return greedy_match(results, gts, lambda r, g: oks(r["keypoints"], g["keypoints"], g["area"], sigmas),
-                        oks_thresh)
 
 
 # ----------------------------------------------------------------------------- Fig. 2
@@ -219,7 +153,7 @@ def component_statistics(results, keypoint_names, score_thresh=0.3):
 
 
 # ----------------------------------------------------------------------------- Table 5
-def face_visibility(results, coco_gt, keypoint_names, score_thresh=0.5, min_keypoints=6,
+def face_visibility(results, coco_gt, keypoint_names, sigmas, score_thresh=0.5, min_keypoints=6,
                     oks_thresh=0.5, img_ids=None):
     """Table 5 (definitions in the module docstring). Returns gt (instances, occluded_keypoints,
     visible_keypoints, occluded_face, visible_face as shares), predictions ({component:
@@ -237,7 +171,7 @@ def face_visibility(results, coco_gt, keypoint_names, score_thresh=0.5, min_keyp
               visible_face=faces.count("visible") / max(len(gts), 1))
     confident = [r["component"] + 1 for r in results if r["score"] >= score_thresh]
     predictions = {c: confident.count(c) / len(confident) for c in sorted(set(confident))}
-    pairs = match_keypoints(results, coco_gt, score_thresh, oks_thresh, gts=gts)
+    pairs = match_keypoints(results, coco_gt, sigmas, score_thresh, oks_thresh, gts=gts)
     table, rows, cols = contingency([face(g) for _, g in pairs], [r["component"] + 1 for r, _ in pairs])
     return dict(gt=gt, predictions=predictions, matched=len(pairs), table=table, faces=rows, components=cols)
 
@@ -273,16 +207,16 @@ def sliced_ground_truth(coco_gt, joints):
     return gt
 
 
-def keypoint_subset_ap(coco_gt, results, joints, img_ids=None, sliced=None):
+def keypoint_subset_ap(coco_gt, results, joints, sigmas, img_ids=None, sliced=None):
     """COCO keypoint AP (stats[0]) on the joints `joints` only: ground truth (sliced, or
-    sliced_ground_truth's result passed in) and results sliced, OKS sigmas sliced (setting
-    the other sigmas to 0 would divide by 0). 0 without results."""
+    sliced_ground_truth's result passed in) and results sliced, the dataset's OKS sigmas
+    sliced (setting the other sigmas to 0 would divide by 0). 0 without results."""
     img_ids = sorted(coco_gt.getImgIds()) if img_ids is None else list(img_ids)
     wanted = set(img_ids)
     results = [dict(r, keypoints=_slice(r["keypoints"], joints)) for r in results if r["image_id"] in wanted]
     gt = sliced or sliced_ground_truth(coco_gt, joints)
     cat = next(c for c in coco_gt.dataset["categories"] if c.get("keypoints"))
-    sigmas = oks_sigmas(len(cat["keypoints"]))[list(joints)]
+    sigmas = np.asarray(sigmas, np.float64)[list(joints)]
     return float(coco_evaluate(gt, results, "pose", img_ids, cat_ids=[cat["id"]], kpt_oks_sigmas=sigmas)[0])
 
 
@@ -306,7 +240,7 @@ def displaced_ground_truth(coco_gt, pixels, seed=0, img_ids=None):
     return out
 
 
-def keypoint_subset_table(results, coco_gt, keypoint_names, img_ids=None, displacements=(1, 2, 3), seed=0):
+def keypoint_subset_table(results, coco_gt, keypoint_names, sigmas, img_ids=None, displacements=(1, 2, 3), seed=0):
     """Table 6: {row name: {subset: AP}} for "GT Disp. d" (d in displacements) and "Model"."""
     subsets = subset_joints(keypoint_names)
     rows = {f"GT Disp. {d}": displaced_ground_truth(coco_gt, d, seed, img_ids) for d in displacements}
@@ -315,12 +249,12 @@ def keypoint_subset_table(results, coco_gt, keypoint_names, img_ids=None, displa
     for s, joints in subsets.items():
         sliced = sliced_ground_truth(coco_gt, joints)                # once per subset
         for name, res in rows.items():
-            table[name][s] = keypoint_subset_ap(coco_gt, res, joints, img_ids, sliced)
+            table[name][s] = keypoint_subset_ap(coco_gt, res, joints, sigmas, img_ids, sliced)
     return table
 
 
 # ----------------------------------------------------------------------------- latent modes
-def latent_mode_agreement(results, coco_gt, task, score_thresh=0.3, img_ids=None):
+def latent_mode_agreement(results, coco_gt, task, sigmas=None, score_thresh=0.3, img_ids=None):
     """Max component vs the latent mode recorded by synthetic_coco.py, on matched pairs
     (det: IoU >= 0.5, mode scale_bin; pose: OKS >= 0.5, mode viewpoint, apart for
     cues_visible True / False). Returns {group: dict(table, components, modes, purity, ari,
@@ -331,7 +265,7 @@ def latent_mode_agreement(results, coco_gt, task, score_thresh=0.3, img_ids=None
     if task == "det":
         groups = {"all": match_boxes(results, coco_gt, score_thresh, 0.5, img_ids)}
     else:
-        pairs = match_keypoints(results, coco_gt, score_thresh, 0.5, img_ids)
+        pairs = match_keypoints(results, coco_gt, sigmas, score_thresh, 0.5, img_ids)
         groups = {f"cues {cue}": [(r, g) for r, g in pairs if g.get("cues_visible", True) == cue] for cue in (True, False)}
     out = {}
     for name, pairs in groups.items():
@@ -348,13 +282,6 @@ def _num(x, percent=False):
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return "-"
     return f"{100 * x:.1f}" if percent else (f"{x:.2f}" if isinstance(x, float) else str(x))
-
-
-def text_table(header, rows, title=""):
-    """Right-aligned plain-text table; header and rows are lists of cells."""
-    cells = [[str(c) for c in row] for row in [header] + rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join(([title] if title else []) + ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells])
 
 
 def format_scale(res):
@@ -404,9 +331,10 @@ def format_latent(res):
     return "\n".join(parts)
 
 
-def run_all(results, coco_gt, task, keypoint_names=None, img_ids=None):
-    """Every analysis for the task. Returns (the numbers, the text tables); the command that
-    asked for them (evaluate.py --analysis) prints them and writes the files."""
+def run_all(results, coco_gt, task, keypoint_names=None, img_ids=None, sigmas=None):
+    """Every analysis for the task (pose: sigmas, the dataset's OKS sigmas). Returns (the
+    numbers, the text tables); the command that asked for them (evaluate.py --analysis)
+    prints them and writes the files."""
     found, texts = {}, ["no detections: the analyses are empty"] if not results else []
     if task == "det":
         found["fig2"] = component_scale(results, coco_gt, img_ids=img_ids)
@@ -415,11 +343,11 @@ def run_all(results, coco_gt, task, keypoint_names=None, img_ids=None):
         found["table4"] = component_statistics(results, keypoint_names)
         texts.append(format_component_statistics(found["table4"]))
         for n, score in ((6, 0.5), (10, 0.7)):  # the paper's two settings of Table 5
-            found[f"table5_{n}_{score}"] = face_visibility(results, coco_gt, keypoint_names, score, n, img_ids=img_ids)
+            found[f"table5_{n}_{score}"] = face_visibility(results, coco_gt, keypoint_names, sigmas, score, n, img_ids=img_ids)
             texts.append(format_face(found[f"table5_{n}_{score}"], f"Table 5: GT with >= {n} keypoints, predictions with score >= {score}"))
-        found["table6"] = keypoint_subset_table(results, coco_gt, keypoint_names, img_ids)
+        found["table6"] = keypoint_subset_table(results, coco_gt, keypoint_names, sigmas, img_ids)
         texts.append(format_subsets(found["table6"]))
-    found["latent"] = latent_mode_agreement(results, coco_gt, task, img_ids=img_ids)
+    found["latent"] = latent_mode_agreement(results, coco_gt, task, sigmas, img_ids=img_ids)
     if found["latent"]:
         texts.append(format_latent(found["latent"]))
     return found, "\n\n".join(texts)

@@ -1,6 +1,6 @@
 """The README's figures from real runs, in one command (paper Figs. 4 and 5).
 
-    python figures.py --mdn runs/pose_m3 --base runs/pose_m0 --out docs
+    python -m analysis.figures --mdn runs/pose_m3 --base runs/pose_m0 --out docs
 
 writes, from the runs' logs and checkpoints:
   convergence.png  Fig. 4: validation AP per epoch and per minute of MDN_M and the base
@@ -8,7 +8,7 @@ writes, from the runs' logs and checkpoints:
   predictions.png  Fig. 5: test-split images with the MDN_M run's predictions coloured by
                    mixture component, pose with each joint's 1-std ellipse
 
-    python figures.py --overfit runs/overfit/pose_s256 runs/overfit/det_s256_600 --out docs
+    python -m analysis.figures --overfit runs/overfit/pose_s256 runs/overfit/det_s256_600 --out docs
 
 writes overfit.png instead: the training-split AP per epoch and per minute of the
 "overfit a small set first" runs (train.py --no-augment on the real sample, RESULTS.md).
@@ -22,7 +22,7 @@ from PIL import Image
 
 from analysis import plots
 from coco_data import CocoDataset
-from evaluate import Inference, network_forward, predict
+from inference import Inference, network_forward, predict
 from model import load_model
 
 
@@ -67,7 +67,7 @@ def main(argv=None):
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
     results = predict(network_forward(model, torch.device("cpu"), inference), loader, ds.cat_ids, inference, False)
     plots.examples(results["max"], ds.coco, model.cfg.task, ds.image_ids, ds.load_image, out / "predictions.png",
-                   args.examples, getattr(ds, "keypoint_names", None), score_thresh=0.3)
+                   args.examples, getattr(ds, "keypoint_names", None), score_thresh=0.3, kpt_scale=ds.oks_sigmas)
     # 128 colours keep the figure small in git (650 KB -> about 160 KB) without visible loss
     Image.open(out / "predictions.png").convert("RGB").quantize(128).save(out / "predictions.png", optimize=True)
     print(f"wrote {out / 'convergence.png'} and {out / 'predictions.png'}")

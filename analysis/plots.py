@@ -16,8 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse, Rectangle
 
-from annotations import joint_side
-from mdn_dense import COCO_KPT_SCALE
+from annotations import default_oks_sigmas, joint_side, skeleton_pairs
 
 COMPONENT_COLOURS = ["tab:blue", "tab:green", "tab:red", "tab:orange", "tab:purple",
                      "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]  # Fig. 5: blue, green, red
@@ -80,10 +79,13 @@ def draw_detections(ax, results, score_thresh=0.3):
 def draw_poses(ax, results, keypoint_names, skeleton=(), score_thresh=0.3, stride=4, kpt_scale=None):
     """Skeletons (an edge only when both joints are visible, v > 0; left and right limbs in
     different colours), person boxes and, for results that carry "sigma", 1-std uncertainty
-    ellipses coloured by component. skeleton: 0-based joint pairs; kpt_scale: Eq. (4)'s k_j
-    (default: COCO's for 17 joints)."""
+    ellipses coloured by component. skeleton: 0-based joint pairs; kpt_scale: Eq. (4)'s k_j,
+    the dataset's OKS sigmas (default: COCO's, for COCO's joint names only)."""
     K = len(keypoint_names)
-    k = np.array(kpt_scale if kpt_scale is not None else COCO_KPT_SCALE if K == 17 else [1.0] * K)
+    k = kpt_scale if kpt_scale is not None else default_oks_sigmas(keypoint_names)
+    if k is None and any("sigma" in r for r in results):
+        raise ValueError(f"drawing sigma ellipses of {K} joints that are not COCO's needs their OKS sigmas (kpt_scale)")
+    k = np.asarray(k if k is not None else np.ones(K), np.float64)
     sides = [joint_side(n) for n in keypoint_names]
     for r in results:
         if r["score"] < score_thresh:
@@ -104,10 +106,11 @@ def draw_poses(ax, results, keypoint_names, skeleton=(), score_thresh=0.3, strid
 
 
 def examples(results, coco_gt, task, img_ids, load_image, path, num=4, keypoint_names=None, score_thresh=0.3,
-             per_image=20):
+             per_image=20, kpt_scale=None):
     """Fig. 5: the `num` images of img_ids with the most predictions of score >= score_thresh
     (ties: the first), drawn side by side with at most `per_image` predictions each (the
-    best; COCO's keypoint evaluation also keeps 20); load_image(image_id) -> PIL image or array."""
+    best; COCO's keypoint evaluation also keeps 20); load_image(image_id) -> PIL image or array;
+    kpt_scale: the dataset's OKS sigmas (draw_poses)."""
     confident = {}
     for r in results:
         if r["score"] >= score_thresh:
@@ -115,7 +118,7 @@ def examples(results, coco_gt, task, img_ids, load_image, path, num=4, keypoint_
     chosen = sorted(img_ids, key=lambda i: -confident.get(i, 0))[:num]
     if task == "pose":
         cat = next(c for c in coco_gt.dataset["categories"] if c.get("keypoints"))
-        skeleton = [(a - 1, b - 1) for a, b in cat.get("skeleton", [])]   # COCO's skeleton is 1-based
+        skeleton = skeleton_pairs(cat.get("skeleton", []))
     fig = Figure(figsize=(4 * max(len(chosen), 1), 4.3))
     axes = np.atleast_1d(fig.subplots(1, max(len(chosen), 1)))
     drawn = set()
@@ -126,7 +129,7 @@ def examples(results, coco_gt, task, img_ids, load_image, path, num=4, keypoint_
         if task == "det":
             draw_detections(ax, mine, score_thresh)
         else:
-            draw_poses(ax, mine, keypoint_names, skeleton, score_thresh)
+            draw_poses(ax, mine, keypoint_names, skeleton, score_thresh, kpt_scale=kpt_scale)
         ax.set_title(f"image {img_id}: {confident.get(img_id, 0)} predictions >= {score_thresh}", fontsize=9)
         ax.axis("off")
     component_legend(fig, drawn)

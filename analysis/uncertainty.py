@@ -12,12 +12,12 @@ component per peak by its mixing coefficient (§3.3, "max"). These analyses, run
                      its AP is the ceiling of a perfect gate over the §3.3 choice
   cue_free_ground_truth / cue_free_results   the synthetic figures without viewpoint cues,
                      alone (synthetic_coco.py's cues_visible)
-  GroundTruthHeads / substitute   CenterNet's error analysis: decode the network's outputs
-                     with some heads replaced by the ground truth (evaluate.oracle_outputs)
+  substitution_rules CenterNet's error analysis: rows that decode the network's outputs
+                     with some heads replaced by the ground truth (inference.oracle_outputs)
   rescore            opt-in: the score times a function of the predicted uncertainty
 
-Matching (calibration): analysis.match_boxes (score >= 0.3, IoU >= 0.5) and
-analysis.match_keypoints (score >= 0.5, OKS >= 0.5). Ground truth is converted to the
+Matching (calibration): matching.match_boxes (score >= 0.3, IoU >= 0.5) and
+matching.match_keypoints (score >= 0.5, OKS >= 0.5, the dataset's sigmas). Ground truth is converted to the
 output map of the prediction's own image with the result's out_px (the letterbox is a scale
 and a shift): det targets are the box (w, h) / out_px; pose targets are the joints' offsets
 from the predicted integer peak, (joint - peak) / out_px, which is what the mixture's mu
@@ -35,33 +35,13 @@ import numpy as np
 import torch
 from pycocotools.coco import COCO
 
-from analysis import components as analysis
 from analysis import calibration as cal
 import mdn_dense as md
-from analysis.components import text_table
+from analysis.components import FACIAL
+from analysis.tables import text_table
+from analysis.matching import ground_truths, iou_matrix, match_boxes, match_keypoints, oks_matrix
+from inference import GroundTruthHeads
 from annotations import joint_part
-
-
-# ----------------------------------------------------------------------------- matching geometry
-def iou_matrix(a, b):
-    """IoU of boxes a (n, 4) with boxes b (g, 4), both [x, y, w, h] -> (n, g)."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, :2] + a[:, None, 2:], b[None, :, :2] + b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), -1)                      # (n, g)
-    union = a[:, None, 2] * a[:, None, 3] + b[None, :, 2] * b[None, :, 3] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def oks_matrix(pred, gt, areas, sigmas):
-    """analysis.oks for every pair: pred (n, K*3 or K*2) joints, gt (g, K*3), areas (g,),
-    sigmas (K,) pycocotools' -> (n, g); 0 for a ground truth without annotated joints."""
-    gt = np.asarray(gt, np.float64).reshape(-1, len(sigmas), 3)
-    pred = np.asarray(pred, np.float64).reshape(-1, len(sigmas), np.asarray(pred).shape[-1] // len(sigmas))[..., :2]
-    d2 = ((pred[:, None] - gt[None, :, :, :2]) ** 2).sum(-1)           # (n, g, K)
-    e = d2 / ((2 * np.asarray(sigmas)) ** 2 * (np.asarray(areas, np.float64)[None, :, None] + np.spacing(1)) * 2)
-    seen = gt[None, :, :, 2] > 0                                        # (1, g, K)
-    return (np.exp(-e) * seen).sum(-1) / np.maximum(seen.sum(-1), 1)
 
 
 # ----------------------------------------------------------------------------- oracle gate
@@ -72,7 +52,7 @@ def oracle_component(by_component, coco_gt, task, img_ids=None, oks_sigmas=None,
     the same peaks (aligned by image_id and rank). Peaks are taken best score first; each
     takes, over its components and the image's unmatched non-crowd ground truth (det: same
     category; pose: persons with annotated joints), the pair of highest similarity (IoU /
-    OKS, oks_sigmas pycocotools' per joint, default analysis.oks_sigmas) and keeps that
+    OKS with the dataset's oks_sigmas, pycocotools' per joint) and keeps that
     component's result. A peak with no pair >= thresh (COCOeval's lowest threshold) is a
     false positive whatever its component: it keeps the highest alpha (the max rule's) and
     takes no ground truth from a better peak below it. Returns one result list (the chosen
@@ -82,7 +62,7 @@ def oracle_component(by_component, coco_gt, task, img_ids=None, oks_sigmas=None,
         for r in results:
             peaks.setdefault(r["image_id"], {}).setdefault(r["rank"], {})[c] = r
     gts = {}
-    for g in analysis.ground_truths(coco_gt, img_ids, keypoints=task == "pose"):
+    for g in ground_truths(coco_gt, img_ids, keypoints=task == "pose"):
         gts.setdefault(g["image_id"], []).append(g)
     chosen = []
     for img_id, by_rank in peaks.items():
@@ -95,10 +75,10 @@ def oracle_component(by_component, coco_gt, task, img_ids=None, oks_sigmas=None,
             sim = iou_matrix([r["bbox"] for r in flat], [g["bbox"] for g in mine])
             sim[np.array([r["category_id"] for r in flat])[:, None] != np.array([g["category_id"] for g in mine])[None]] = 0
         else:
-            K = len(mine[0]["keypoints"]) // 3
-            sigmas = analysis.oks_sigmas(K) if oks_sigmas is None else np.asarray(oks_sigmas)
+            if oks_sigmas is None:
+                raise ValueError("the pose oracle gate needs the dataset's OKS sigmas")
             sim = oks_matrix([r["keypoints"] for r in flat], [g["keypoints"] for g in mine],
-                             [g["area"] for g in mine], sigmas)         # (n candidates, g)
+                             [g["area"] for g in mine], oks_sigmas)     # (n candidates, g)
         free, row = np.ones(len(mine), bool), 0
         for _, comps in cands:
             rows = sim[row:row + len(comps)] * free                     # (components of this peak, g)
@@ -130,13 +110,13 @@ def cue_free_ground_truth(coco_gt):
     return gt
 
 
-def cue_free_results(results, coco_gt, oks_sigmas=None, background=0.01):
+def cue_free_results(results, coco_gt, oks_sigmas, background=0.01):
     """The detections of the cue-free figures: a detection belongs to the person of its image
     with the highest OKS (background when under `background` for all, kept as a possible
     false positive); those of figures with cues are left out. (Ignoring those figures alone
     would count their loosely placed detections as false positives of the cue-free ones.)"""
     persons = {}
-    for g in analysis.ground_truths(coco_gt, keypoints=True):
+    for g in ground_truths(coco_gt, keypoints=True):
         persons.setdefault(g["image_id"], []).append(g)
     by_image = {}
     for r in results:
@@ -147,22 +127,13 @@ def cue_free_results(results, coco_gt, oks_sigmas=None, background=0.01):
         if not gts:
             kept += mine
             continue
-        sigmas = analysis.oks_sigmas(len(gts[0]["keypoints"]) // 3) if oks_sigmas is None else np.asarray(oks_sigmas)
-        sim = oks_matrix([r["keypoints"] for r in mine], [g["keypoints"] for g in gts], [g["area"] for g in gts], sigmas)
+        sim = oks_matrix([r["keypoints"] for r in mine], [g["keypoints"] for g in gts], [g["area"] for g in gts], oks_sigmas)
         cues = np.array([g.get("cues_visible", True) for g in gts])
         kept += [r for r, s in zip(mine, sim) if s.max() < background or not cues[s.argmax()]]
     return kept
 
 
 # ----------------------------------------------------------------------------- substitution
-@dataclass(frozen=True)
-class GroundTruthHeads:
-    """A decoding rule (evaluate.Inference.rules): the network's outputs with the heads
-    `heads` replaced by the ground truth, decoded with the component rule `rule`."""
-    heads: tuple
-    rule: object = "max"
-
-
 def substitution_rules(task, rule="max", refine=False):
     """CenterNet's error-analysis rows: {row name: rule}; "network" decodes unchanged.
     Keypoint AP does not depend on reg (joints are offsets from the integer peak)."""
@@ -176,51 +147,19 @@ def substitution_rules(task, rule="max", refine=False):
     return rows
 
 
-def at_cells(fmap, ind, values, mask):
-    """fmap (B, C, H, W) with values (B, N, d) written at flat cells ind (B, N) where mask
-    (B, N) or (B, N, d) is set, every group of d channels alike (C = M*d: each component);
-    elsewhere fmap's own values. A copy in float32."""
-    B, C, H, W = fmap.shape
-    d = values.shape[-1]
-    flat = fmap.detach().float().contiguous().view(B, C, H * W).clone()  # (B, C, H*W)
-    ind, values, mask = ind.to(flat.device), values.to(flat.device).float(), mask.to(flat.device)
-    mask = (mask[..., None].expand_as(values) if mask.dim() == 2 else mask) > 0
-    for b in range(B):
-        keep = mask[b].any(-1)
-        idx = ind[b][keep]
-        old = flat[b][:, idx].T.view(len(idx), C // d, d)               # (n, M, d)
-        flat[b][:, idx] = torch.where(mask[b][keep][:, None], values[b][keep][:, None], old).reshape(len(idx), C).T
-    return flat.view(B, C, H, W)
-
-
-def substitute(out, oracle, batch, heads):
-    """One stack's outputs with `heads` from oracle (evaluate.oracle_outputs of batch):
-    heatmaps (hm, hm_hp) whole; reg, wh, hps at the ground-truth centres only (hp_offset at
-    the joint cells), in every mixture component, hps only on annotated joints: elsewhere
-    the network's values stay, so each row isolates one head's error."""
-    new = dict(out)
-    for name in heads:
-        if name in ("hm", "hm_hp"):
-            new[name] = oracle[name].to(out[name].device).float()
-        elif name == "hp_offset":
-            new[name] = at_cells(out[name], batch["hp_ind"], batch["hp_offset"], batch["hp_mask"])
-        else:
-            mask = batch["hps_mask"] if name == "hps" else batch["mask"]
-            new[name] = at_cells(out[name], batch["ind"], batch[name], mask)
-    return new
-
 
 # ----------------------------------------------------------------------------- calibration
-def matched_mixtures(results, coco_gt, task, img_ids=None):
+def matched_mixtures(results, coco_gt, task, img_ids=None, oks_sigmas=None):
     """Matched (prediction, ground truth) pairs as arrays in output-map pixels (see the module
     docstring): target, mask (N, D), mu (N, M, D), sigma (N, M, 2), log_alpha (N, M),
-    component (N,) and pairs. Results need decode_results(mixture=True)'s fields."""
+    component (N,) and pairs. Results need decode_results(mixture=True)'s fields; pose
+    matches with the dataset's oks_sigmas."""
     if task == "det":
-        pairs = analysis.match_boxes(results, coco_gt, img_ids=img_ids)
+        pairs = match_boxes(results, coco_gt, img_ids=img_ids)
     else:
-        pairs = analysis.match_keypoints(results, coco_gt, img_ids=img_ids)
+        pairs = match_keypoints(results, coco_gt, oks_sigmas, img_ids=img_ids)
     if any("mix_mu" not in r for r, _ in pairs):
-        raise ValueError("calibration needs the mixture: decode with mixture=True (evaluate.Inference.mixture)")
+        raise ValueError("calibration needs the mixture: decode with mixture=True (inference.Inference.mixture)")
     targets, masks = [], []
     for r, g in pairs:
         s = r["out_px"]
@@ -254,7 +193,7 @@ def calibration_metrics(x, kpt_scale=None, keypoint_names=None):
     rel = cal.reliability(res["error"], res["sigma"])
     rel.update(cal.reliability(res["error"], res["sigma"], groups=[f"comp {c + 1}" for c in x["component"][res["instance"]]]))
     if keypoint_names is not None:
-        facial = np.array([joint_part(n) in analysis.FACIAL for n in keypoint_names])
+        facial = np.array([joint_part(n) in FACIAL for n in keypoint_names])
         rel.update(cal.reliability(res["error"], res["sigma"], groups=np.where(facial[res["joint"]], "facial", "limbs")))
     found["reliability"] = rel
     return found
@@ -267,7 +206,7 @@ def calibration_report(results, coco_gt, task, m, kpt_scale=None, keypoint_names
     match = "score >= 0.3, IoU >= 0.5" if task == "det" else "score >= 0.5, OKS >= 0.5"
     if m == 0:
         return {}, "calibration: the M = 0 base (L1 regression) predicts no density: no NLL, coverage, PIT or reliability"
-    x = matched_mixtures(results, coco_gt, task, img_ids)
+    x = matched_mixtures(results, coco_gt, task, img_ids, kpt_scale)
     if not len(x["target"]):
         return {}, f"calibration: no prediction matched ({match}): nothing to calibrate"
     found = calibration_metrics(x, kpt_scale, keypoint_names if task == "pose" else None)
@@ -326,34 +265,3 @@ def rescore(results, how, kpt_scale=None):
     else:
         raise ValueError(f"rescore must be one of {RESCORE}, got {how!r}")
     return [dict(r, score=float(r["score"] * f)) for r, f in zip(results, factor)]
-
-
-# ----------------------------------------------------------------------------- rules
-# rules computed from other rules' results (post_hoc), not decoded
-POST_HOC = ("oracle",) + tuple(f"rescore-{how}" for how in RESCORE)
-
-
-def plan(rows, m, task, substitution=False, refine=False, mixture=False):
-    """What evaluate.py decodes for the table rows {name: rule}: (rules, substitution rows
-    {name: rule} or {}, the rules whose results carry the mixture). The post-hoc rules are
-    not decoded, the oracle's forced components are; the first rule is the All row's (or
-    max under the oracle), which the ground-truth heads are decoded with. mixture: the All
-    detections carry the whole mixture (calibration, density rescoring; none for M = 0)."""
-    rules = [rule for rule in rows.values() if rule not in POST_HOC]
-    if "oracle" in rows.values():
-        rules += list(range(max(m, 1)))
-    base = rows["All"] if rows["All"] != "oracle" else "max"
-    subs = substitution_rules(task, base, refine) if substitution else {}
-    carry = () if not (mixture and m > 0) else (base,) if rows["All"] != "oracle" else tuple(range(m))
-    return tuple(dict.fromkeys([base] + rules + list(subs.values()))), subs, carry
-
-
-def post_hoc(results, rows, m, coco_gt, task, img_ids=None, oks_sigmas=None):
-    """Adds the post-hoc rules' results to results ({rule: result dicts}): the oracle
-    component from the forced ones, then the rescored All results."""
-    if "oracle" in rows.values():
-        results["oracle"] = oracle_component([results[c] for c in range(max(m, 1))], coco_gt, task, img_ids, oks_sigmas)
-    for rule in rows.values():
-        if rule in POST_HOC and rule.startswith("rescore-"):
-            results[rule] = rescore(results[rows["All"]], rule[len("rescore-"):], oks_sigmas if task == "pose" else None)
-    return results

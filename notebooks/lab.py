@@ -31,11 +31,11 @@ import torch
 
 import train
 from coco_data import CocoDataset
-from evaluate import Inference, component_rules, evaluate_rows, network_forward, predict
+from inference import Inference, component_rules, evaluate_rows, network_forward, predict
 from model import load_model, read_checkpoint
-from synthetic_coco import COCO_SKELETON
+from annotations import COCO_PERSON_SKELETON, skeleton_pairs
 
-SKELETON = [(a - 1, b - 1) for a, b in COCO_SKELETON]  # COCO's skeleton is 1-based
+SKELETON = skeleton_pairs(COCO_PERSON_SKELETON)
 # Not settings of a run: train.py reads the model's classes and joints from the data, and
 # the folder is wherever the run now lies.
 NOT_SETTINGS = ("model.num_classes", "model.num_joints", "train.out")
@@ -132,7 +132,7 @@ def read_log(run):
 def evaluate_run(ckpt, rows=None, extra_rules=(), flip=False, refine=False, batch_size=16):
     """A checkpoint on its run's validation split, on the CPU: one inference pass decodes
     every rule, then COCOeval per row. rows {name: rule} default to
-    evaluate.component_rules(m) ("All" = max component, then each component forced);
+    inference.component_rules(m) ("All" = max component, then each component forced);
     extra_rules add rows named by the rule (e.g. "mean").
 
     Returns dict(model (eval mode), cfg (its ModelConfig), train (TrainConfig), ds,

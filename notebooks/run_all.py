@@ -12,16 +12,13 @@ MDN_SMOKE=0 whatever the environment says, top to bottom. A notebook is written 
 when every cell ran; a failing one keeps its file, its error is printed, and the script
 goes on with the next and exits with status 1. Order matters once: notebook 05 uses
 notebook 04's trained network (runs/nb04/pose_m3) when it is there. Notebooks 03 and 04
-train two networks each (35 and 41 minutes with one thread on the project's shared 2-core
-CPU, 2026-12-01; about half on a quiet machine); a second run
+train two networks each (the longest part: RESULTS.md records how long); a second run
 reuses the finished runs in runs/nb03 and runs/nb04 (lab.train_run).
 
 Size: the outputs are mostly figures, and every full re-run adds them to git's history
 again, so keep the five small: the default figure dpi, no figures in loops, JPEG where a
 figure shows images (03, 04 and 05 set InlineBackend.figure_formats = ["jpeg"]: their image
-grids were 2-3 MB each as PNG). The script prints each file's size; with the outputs of a
-smoke run they weigh 01 1.1 MB, 02 1.0 MB, 03 0.44 MB, 04 0.50 MB, 05 0.65 MB. Sizes after
-the full runs of 2026-12-01: 01 0.99 MB, 02 1.12 MB, 03 0.62 MB, 04 0.72 MB, 05 0.71 MB.
+grids were several MB each as PNG). The script prints each file's size, about 1 MB each.
 """
 import argparse
 import os

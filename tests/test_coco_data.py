@@ -14,6 +14,7 @@ from PIL import Image
 import annotations as an
 import coco_data as cd
 import coco_eval as ce
+import inference
 import synthetic_coco
 import mdn_dense as md
 from decode import decode
@@ -94,7 +95,7 @@ def round_trip(ds, M=3):
     for i in range(len(ds)):
         s = ds[i]
         det = decode(perfect_outputs(s, ds.task, M), k=100)
-        results += ce.to_coco_results(det, s["out2img"][None], [s["image_id"]], ds.cat_ids, ds.task)
+        results += inference.to_coco_results(det, s["out2img"][None], [s["image_id"]], ds.cat_ids, ds.task)
     return results
 
 
@@ -350,7 +351,6 @@ def test_crowd_zero_keypoint_and_empty_images(tmp_path):
     ds = cd.CocoDataset(ann_file, image_dir, "pose", input_size=128)
     assert ds.image_ids == [1, 2, 3]
     assert [a["id"] for a in ds.annotations(1)] == [1, 2] and ds.annotations(3) == []  # no crowd
-    assert ds._annotations(1) == ds.annotations(1)                     # the old name, for notebooks
     s = ds[0]
     assert s["mask"].sum() == 2 and (s["hm"] == 1).sum() == 2          # crowd skipped
     assert s["hps_mask"][0].sum() == 2 and s["hps_mask"][1].sum() == 0  # zero keypoints
@@ -401,7 +401,7 @@ def test_oks_sigmas_from_the_category_coco_default_or_none(tmp_path):
     image = [dict(id=1, file_name="p.png", width=32, height=32)]
     hand = dict(id=1, name="hand", keypoints=["wrist", "tip"])
     ann = dict(image_id=1, category_id=1, bbox=[2, 2, 20, 20], keypoints=[5, 5, 2] * 2)
-    cases = [(PERSON, None, md.COCO_KPT_SCALE),                # COCO's names: pycocotools' sigmas
+    cases = [(PERSON, None, an.COCO_PERSON_SIGMAS),                # COCO's names: pycocotools' sigmas
              (dict(PERSON, sigmas=[0.05] * 17), None, [0.05] * 17), (hand, None, None),
              (dict(hand, sigmas=[0.1, 0.2]), None, [0.1, 0.2]), (dict(hand, sigmas=[0.1, 0.2]), [1, 2], [1, 2])]
     for i, (cat, given, expected) in enumerate(cases):
@@ -409,7 +409,7 @@ def test_oks_sigmas_from_the_category_coco_default_or_none(tmp_path):
         ann_file, image_dir = write_coco(tmp_path / str(i), image, [a], [cat])
         s = cd.CocoDataset(ann_file, image_dir, "pose", oks_sigmas=given).oks_sigmas
         assert (s is None) if expected is None else (s.dtype == np.float64 and np.allclose(s, expected)), i
-    assert np.allclose(an.COCO_PERSON_SIGMAS, md.COCO_KPT_SCALE) and an.COCO_PERSON_KEYPOINTS == COCO_NAMES
+    assert np.allclose(an.COCO_PERSON_SIGMAS, an.COCO_PERSON_SIGMAS) and an.COCO_PERSON_KEYPOINTS == COCO_NAMES
     assert cd.CocoDataset(ann_file, image_dir, "det").oks_sigmas is None
 
 # ----------------------------------------------------------------------------- random streams
@@ -456,7 +456,7 @@ def test_to_coco_results_maps_back_and_evaluate_edge_cases(tmp_path):
     out2img = torch.from_numpy(cd.invert_affine(cd.affine_matrix((40, 30), 100, 32, flip=True)))
     det = dict(scores=torch.tensor([[0.123456789]]), classes=torch.zeros(1, 1, dtype=torch.long),
                boxes=torch.tensor([[[4.0, 2.0, 12.0, 10.0]]]), keypoints=torch.full((1, 1, 17, 2), 8.0))
-    (r,) = ce.to_coco_results(det, out2img[None], [9], ds.cat_ids, "pose")
+    (r,) = inference.to_coco_results(det, out2img[None], [9], ds.cat_ids, "pose")
     # by hand: x = 40 + 3.125 * (16 - x_out) (mirrored; corners swap), y = 30 + 3.125 * (y_out - 16)
     assert r["image_id"] == 9 and r["category_id"] == 1 and r["score"] == pytest.approx(0.123456789)
     assert np.allclose(r["bbox"], [40 + 3.125 * 4, 30 - 3.125 * 14, 25.0, 25.0])

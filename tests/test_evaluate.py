@@ -14,8 +14,11 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+import annotations as an
 from analysis import components as analysis
 import evaluate
+import inference
+from analysis import matching
 import mdn_dense as md
 from coco_data import CocoDataset
 from coco_eval import coco_evaluate
@@ -24,8 +27,8 @@ from synthetic_coco import make_dataset
 from decode import flip_merge
 from model import ModelConfig, build_model, default_sigma_floor, save_checkpoint
 
-# The oracle's AP as measured, less a margin of 0.005 for pycocotools / float noise:
-# synthetic det 1.000 and pose 1.000; the real sample det 0.995 and pose 1.000.
+# What the oracle round trip scores, less a margin of 0.005 for pycocotools / float noise: the
+# synthetic sets are exact; on the real sample a few tiny boxes render onto a shared cell.
 MEASURED_ORACLE_AP = {("synthetic", "det"): 1.000, ("synthetic", "pose"): 1.000,
                       ("real", "det"): 0.995, ("real", "pose"): 1.000}
 MIN_ORACLE_AP = {key: ap - 0.005 for key, ap in MEASURED_ORACLE_AP.items()}
@@ -82,7 +85,7 @@ def mirrored_oracles(ann, images, task, m):
     b, bf = collate([plain[i] for i in range(6)]), collate([mirror[i] for i in range(6)])
     assert torch.allclose(torch.flip(b["input"], dims=[3]), bf["input"])
     cfg = ModelConfig(task=task, m=m, num_classes=plain.num_classes, num_joints=plain.num_joints or 17)
-    out, out_f = evaluate.oracle_outputs(b, cfg), evaluate.oracle_outputs(bf, cfg)
+    out, out_f = inference.oracle_outputs(b, cfg), inference.oracle_outputs(bf, cfg)
     merged = flip_merge(out, out_f, getattr(plain, "flip_idx", None))
     # Objects whose centre sits exactly on a cell border peak one cell apart in the mirror
     # (a property of the oracle's one-cell peaks, not of a smooth network): leave them out.
@@ -138,12 +141,12 @@ def test_no_detections_gives_zeros_and_message(synthetic, task, tmp_path, capsys
     assert json.loads((tmp_path / "results.json").read_text()) == []
     coco = CocoDataset(ann, images, task).coco
     names = coco.loadCats(1)[0].get("keypoints")
-    found, _ = analysis.run_all([], coco, task, names)         # the functions alone, no files
+    found, _ = analysis.run_all([], coco, task, names, sigmas=an.COCO_PERSON_SIGMAS)         # the functions alone, no files
     if task == "det":
         assert found["fig2"]["matched"] == 0 and np.isnan(found["fig2"]["pearson_scale"])
     else:
         assert found["table4"] == [] and found["table5_6_0.5"]["matched"] == 0
-        nobody = analysis.face_visibility([], coco, names, min_keypoints=100)   # no ground truth qualifies
+        nobody = analysis.face_visibility([], coco, names, an.COCO_PERSON_SIGMAS, min_keypoints=100)   # no ground truth qualifies
         assert nobody["gt"]["instances"] == 0 and nobody["gt"]["visible_face"] == 0
         assert all(ap == 0 for ap in found["table6"]["Model"].values())
         assert found["table6"]["GT Disp. 1"]["All"] > 0.5       # the reference rows need no detections
@@ -217,16 +220,55 @@ def test_pearson_ari_purity_by_hand():
 def test_oks_and_greedy_matcher_by_hand():
     # one visible joint 2 px away, area 100, sigma 0.1: e = 4 / ((2 * 0.1)^2 * 100 * 2) = 0.5
     # (the second joint is unannotated: left out however far off it is)
-    assert analysis.oks([3, 0, 50, 50], [1, 0, 2, 9, 9, 0], 100, np.array([0.1, 0.1])) == pytest.approx(np.exp(-0.5))
-    assert analysis.oks([3, 0, 1, 50, 50, 1], [1, 0, 2, 9, 9, 0], 100, np.array([0.1, 0.1])) == pytest.approx(np.exp(-0.5))
+    for pred in ([3, 0, 50, 50], [3, 0, 1, 50, 50, 1]):
+        assert matching.oks_matrix([pred], [[1, 0, 2, 9, 9, 0]], [100], [0.1, 0.1])[0, 0] == pytest.approx(np.exp(-0.5))
     gts = [dict(id=2, image_id=7, x=10.0), dict(id=1, image_id=7, x=0.0), dict(id=3, image_id=8, x=0.0)]
     results = [dict(image_id=7, score=0.5, x=1.0), dict(image_id=7, score=0.9, x=4.0),
                dict(image_id=7, score=0.8, x=6.0), dict(image_id=7, score=0.1, x=100.0)]
-    sim = lambda r, g: 1 / (1 + abs(r["x"] - g["x"]))
-    pairs = analysis.greedy_match(results, gts, sim, thresh=0.1)
+    sim = lambda rs, gs: np.array([[1 / (1 + abs(r["x"] - g["x"])) for g in gs] for r in rs])
+    pairs = matching.greedy_match(results, gts, sim, thresh=0.1)
     # 0.9 (x=4) takes gt 1 (closer), 0.8 (x=6) takes gt 2, 0.5 finds both taken, 0.1 is too far,
     # gt 3 is in another image
     assert [(r["score"], g["id"]) for r, g in pairs] == [(0.9, 1), (0.8, 2)]
+
+
+def test_matching_similarities_are_cocoevals_own():
+    """The analyses' IoU and OKS equal COCOeval's computeIoU / computeOks on the same pairs,
+    for a 5-joint skeleton with its own (non-COCO) sigmas: analysis and evaluation match alike."""
+    from pycocotools.cocoeval import COCOeval
+    rng = np.random.default_rng(0)
+    sigmas = np.array([0.03, 0.11, 0.05, 0.2, 0.07])
+    cat = dict(id=1, name="hand", keypoints=[f"j{i}" for i in range(5)], skeleton=[])
+    anns = []
+    for i in range(4):
+        x, y = rng.uniform(0, 60, 2)
+        kps = np.concatenate([rng.uniform(0, 80, (5, 2)), rng.integers(0, 3, (5, 1))], 1)
+        kps[0, 2] = 2
+        anns.append(dict(id=i + 1, image_id=1, category_id=1, bbox=[x, y, 30.0, 40.0], area=float(rng.uniform(200, 900)),
+                         iscrowd=0, keypoints=kps.ravel().tolist(), num_keypoints=int((kps[:, 2] > 0).sum())))
+    coco = COCO()
+    coco.dataset = dict(images=[dict(id=1, width=100, height=100, file_name="a.png")], annotations=anns, categories=[cat])
+    coco.createIndex()
+    dets = [dict(image_id=1, category_id=1, score=float(s), bbox=[*rng.uniform(0, 60, 2), 25.0, 35.0],
+                 keypoints=np.concatenate([rng.uniform(0, 80, (5, 2)), np.ones((5, 1))], 1).ravel().tolist())
+            for s in rng.uniform(0.5, 1, 6)]
+    for task, iou_type in (("pose", "keypoints"), ("det", "bbox")):
+        ev = COCOeval(coco, coco.loadRes([dict(d) for d in dets]), iou_type)
+        ev.params.kpt_oks_sigmas = sigmas
+        ev._prepare()                                                     # COCOeval's per-image gts / dts
+        by_score = sorted(dets, key=lambda d: -d["score"])               # COCOeval's order
+        gts = coco.loadAnns(coco.getAnnIds())
+        if task == "pose":
+            want = ev.computeOks(1, 1)
+            got = matching.oks_matrix([d["keypoints"] for d in by_score], [g["keypoints"] for g in gts],
+                                      [g["area"] for g in gts], sigmas)
+        else:
+            want = ev.computeIoU(1, 1)
+            got = matching.iou_matrix([d["bbox"] for d in by_score], [g["bbox"] for g in gts])
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    # the analyses refuse to match keypoints without the dataset's sigmas (no silent default)
+    with pytest.raises(ValueError, match="OKS sigmas"):
+        matching.match_keypoints(dets, coco, None)
 
 
 # ----------------------------------------------------------------------------- analyses on hand-built results
@@ -301,7 +343,7 @@ def test_table5_face_is_visible_only_for_a_visible_nose():
     names = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_hip", "right_hip"]
     person = lambda nose_v, n: [10, 10, nose_v] + [v for j in range(1, 7) for v in (10 + j, 20, 2 if j <= n else 0)]
     coco = tiny_coco([person(2, 6), person(1, 6), person(0, 6), person(2, 4)], names)   # the last has 5 joints
-    res = analysis.face_visibility([], coco, names, min_keypoints=6)
+    res = analysis.face_visibility([], coco, names, an.COCO_PERSON_SIGMAS, min_keypoints=6)
     assert res["gt"]["instances"] == 3 and res["gt"]["visible_face"] == pytest.approx(1 / 3)
     # annotated joints of the 3: 7 + 7 + 6 = 20, one of them occluded (v = 1)
     assert res["gt"]["occluded_keypoints"] == pytest.approx(1 / 20)
@@ -311,7 +353,7 @@ def test_table5_face_visibility(synthetic):
     coco = CocoDataset(*synthetic["pose"], "pose").coco
     names = coco.loadCats(1)[0]["keypoints"]
     comp = lambda a: 0 if a["viewpoint"] == "front" else 1
-    res = analysis.face_visibility(gt_results(coco, comp), coco, names, 0.5, 6)
+    res = analysis.face_visibility(gt_results(coco, comp), coco, names, an.COCO_PERSON_SIGMAS, 0.5, 6)
     gts = [a for a in coco.dataset["annotations"] if a["num_keypoints"] >= 6]
     visible = [a["keypoints"][2] == 2 for a in gts]
     assert res["gt"]["instances"] == len(gts) and res["matched"] == len(gts)
@@ -340,8 +382,8 @@ def test_keypoint_subset_ap_equals_full_evaluation_without_the_other_joints(synt
         hidden.createIndex()
     expected = coco_evaluate(hidden, results, "pose")[0]
     assert 0.1 < expected < 0.99                               # the jitter makes it a real test
-    assert analysis.keypoint_subset_ap(coco, results, [0, 9, 10]) == pytest.approx(expected)
-    assert analysis.keypoint_subset_ap(coco, results, list(range(17))) == pytest.approx(coco_evaluate(coco, results, "pose")[0])
+    assert analysis.keypoint_subset_ap(coco, results, [0, 9, 10], an.COCO_PERSON_SIGMAS) == pytest.approx(expected)
+    assert analysis.keypoint_subset_ap(coco, results, list(range(17)), an.COCO_PERSON_SIGMAS) == pytest.approx(coco_evaluate(coco, results, "pose")[0])
 
 
 def test_table6_ground_truth_displacement_is_monotone(synthetic):
@@ -349,13 +391,13 @@ def test_table6_ground_truth_displacement_is_monotone(synthetic):
     names = coco.loadCats(1)[0]["keypoints"]
     subsets = analysis.subset_joints(names)
     assert subsets["Facial"] == [0, 1, 2, 3, 4] and subsets["Ears"] == [3, 4] and len(subsets) == 9
-    table = {d: {s: analysis.keypoint_subset_ap(coco, analysis.displaced_ground_truth(coco, d), j)
+    table = {d: {s: analysis.keypoint_subset_ap(coco, analysis.displaced_ground_truth(coco, d), j, an.COCO_PERSON_SIGMAS)
                  for s, j in subsets.items() if s in ("All", "Facial", "Nose", "Hips")} for d in (0, 1, 3)}
     assert all(ap == pytest.approx(1.0) for ap in table[0].values())
     for s in table[0]:
         assert table[0][s] >= table[1][s] >= table[3][s]
     assert table[3]["All"] < 1.0 and table[3]["Nose"] < table[3]["Hips"]      # faces are the most sensitive
-    full = analysis.keypoint_subset_table(gt_results(coco, lambda a: 0), coco, names, displacements=(2,))
+    full = analysis.keypoint_subset_table(gt_results(coco, lambda a: 0), coco, names, an.COCO_PERSON_SIGMAS, displacements=(2,))
     assert set(full) == {"GT Disp. 2", "Model"} and full["Model"]["All"] == pytest.approx(1.0)
 
 
@@ -363,7 +405,7 @@ def test_table6_ground_truth_displacement_is_monotone(synthetic):
 def test_latent_modes_ground_truth_oracle(synthetic):
     pose = CocoDataset(*synthetic["pose"], "pose").coco
     view = lambda a: {"front": 0, "back": 1}[a["viewpoint"]]
-    found = analysis.latent_mode_agreement(gt_results(pose, view), pose, "pose")
+    found = analysis.latent_mode_agreement(gt_results(pose, view), pose, "pose", an.COCO_PERSON_SIGMAS)
     assert set(found) == {"cues True", "cues False"}
     for group in found.values():
         if group["pairs"]:
@@ -380,4 +422,4 @@ def test_latent_modes_ground_truth_oracle(synthetic):
                                                     for a in pose.dataset["annotations"]])
     with contextlib.redirect_stdout(io.StringIO()):
         plain.createIndex()
-    assert analysis.latent_mode_agreement(gt_results(plain, lambda a: 0), plain, "pose") == {}
+    assert analysis.latent_mode_agreement(gt_results(plain, lambda a: 0), plain, "pose", an.COCO_PERSON_SIGMAS) == {}

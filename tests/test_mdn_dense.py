@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
+import annotations as an
 import mdn_dense as md
 from support import random_outputs
 
@@ -189,7 +190,7 @@ def test_mdn_nll_is_finite_for_extreme_inputs(autocast):
     mask = torch.ones(N, 2 * K)
     mask[1] = 0  # an all-masked instance
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        nll = md.mdn_nll(target, mu, sigma, F.log_softmax(logits.float(), dim=1), mask, md.COCO_KPT_SCALE)
+        nll = md.mdn_nll(target, mu, sigma, F.log_softmax(logits.float(), dim=1), mask, an.COCO_PERSON_SIGMAS)
         loss = nll.sum()
     assert nll.dtype == torch.float32, f"autocast={autocast}: the NLL is {nll.dtype}, compute it in float32"
     assert torch.isfinite(nll).all(), f"autocast={autocast}: NLL {nll.tolist()}; use log-sum-exp, not log(sum(exp))"

@@ -218,7 +218,7 @@ def test_every_notebook_starts_with_the_same_setup_cell():
         f"the first code cell differs from {NOTEBOOKS[0].name}'s: keep the setup cells identical")
 
 
-def setup_notebook(folder, repo_url=None, then="import lab\nprint(lab.__file__)"):
+def setup_notebook(folder, repo_url=None, then="from notebooks import lab\nprint(lab.__file__)"):
     """A notebook in folder: the shared setup cell (REPO_URL replaced when given), then `then`."""
     setup = first_code_cell(NOTEBOOKS[0])
     if repo_url is not None:

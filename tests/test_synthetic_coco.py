@@ -14,6 +14,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+import annotations as an
 import synthetic_coco as sc
 
 TASKS = ["shapes", "figures"]
@@ -93,7 +94,7 @@ def test_json_is_complete_coco(tmp_path, task):
             assert a["viewpoint"] in ("front", "back") and isinstance(a["cues_visible"], bool)
     if task == "figures":
         (cat,) = data["categories"]
-        assert cat["keypoints"] == sc.COCO_KEYPOINT_NAMES and cat["skeleton"] == sc.COCO_SKELETON
+        assert cat["keypoints"] == an.COCO_PERSON_KEYPOINTS and cat["skeleton"] == an.COCO_PERSON_SKELETON
         assert cat["keypoints"][0] == "nose" and cat["keypoints"][16] == "right_ankle"
     else:
         assert [c["name"] for c in data["categories"]] == sc.SHAPE_NAMES
@@ -195,7 +196,7 @@ def test_ground_truth_as_detections_scores_ap_one(tmp_path, task, iou_type):
 
 
 def test_generation_logs_one_line_when_stderr_is_not_a_terminal(tmp_path, capsys):
-    """In a log file, CI or a notebook tqdm's carriage-return redraws would pile up (issue #13):
+    """In a log file, CI or a notebook tqdm's carriage-return redraws would pile up:
     there the generator prints one line per split and no bar; a second call (the cache) prints nothing."""
     sc.make_dataset(tmp_path, "shapes", "val", 6)
     err = capsys.readouterr().err

@@ -12,9 +12,12 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+import annotations as an
 from analysis import components as analysis
 from analysis import calibration as cal
 import evaluate
+import inference
+from analysis import matching
 from analysis import uncertainty as uq
 from coco_data import CocoDataset
 from coco_eval import coco_evaluate
@@ -72,31 +75,19 @@ def test_oracle_component_is_the_best_component_per_instance_one_to_one():
     chosen = chosen[1:]
     # per ground truth, the oracle's prediction is the best forced component's
     for g, peak in (([0, 0, 10, 10], 0), ([50, 50, 20, 20], 1)):
-        best = max(analysis.iou_xywh(c[peak]["bbox"], g) for c in (comp0, comp1))
-        assert analysis.iou_xywh(chosen[peak]["bbox"], g) == best
-
-
-def test_oks_and_iou_matrices_equal_the_pairwise_functions():
-    rng = np.random.default_rng(0)
-    gt = np.concatenate([rng.uniform(0, 50, (4, 3, 2)), rng.integers(0, 3, (4, 3, 1))], -1).reshape(4, 9)
-    pred = rng.uniform(0, 50, (5, 9))
-    areas, sigmas = rng.uniform(50, 500, 4), np.array([0.026, 0.062, 0.089])
-    got = uq.oks_matrix(pred, gt, areas, sigmas)
-    want = [[analysis.oks(p, g, a, sigmas) for g, a in zip(gt, areas)] for p in pred]
-    np.testing.assert_allclose(got, want, rtol=1e-12)
-    a, b = rng.uniform(0, 30, (5, 4)), rng.uniform(0, 30, (3, 4))
-    np.testing.assert_allclose(uq.iou_matrix(a, b), [[analysis.iou_xywh(x, y) for y in b] for x in a], rtol=1e-12)
+        best = max(matching.iou_matrix(c[peak]["bbox"], g)[0, 0] for c in (comp0, comp1))
+        assert matching.iou_matrix(chosen[peak]["bbox"], g)[0, 0] == best
 
 
 def test_oracle_rows_are_opt_in():
-    assert list(evaluate.component_rules(3)) == ["All", "1", "2", "3"]
-    rows = evaluate.component_rules(3, oracle=True, rescore="sigma")
+    assert list(inference.component_rules(3)) == ["All", "1", "2", "3"]
+    rows = inference.component_rules(3, oracle=True, rescore="sigma")
     assert rows["Oracle comp."] == "oracle" and rows["Rescored (sigma)"] == "rescore-sigma"
-    rules, subs, carry = uq.plan(rows, 3, "det")
+    rules, subs, carry = evaluate.plan(rows, 3, "det")
     assert rules == ("max", 0, 1, 2) and subs == {} and carry == ()
-    rules, subs, carry = uq.plan({"All": "oracle", "1": 0, "2": 1}, 2, "pose", substitution=True, mixture=True)
+    rules, subs, carry = evaluate.plan({"All": "oracle", "1": 0, "2": 1}, 2, "pose", substitution=True, mixture=True)
     assert rules[:3] == ("max", 0, 1) and carry == (0, 1) and list(subs) == ["network", "GT hm", "GT reg", "GT hps", "GT all"]
-    assert uq.plan({"All": "max"}, 0, "det", mixture=True)[2] == ()   # the base has no mixture to carry
+    assert evaluate.plan({"All": "max"}, 0, "det", mixture=True)[2] == ()   # the base has no mixture to carry
 
 
 # ----------------------------------------------------------------------------- ground-truth heads
@@ -104,7 +95,7 @@ def test_at_cells_writes_every_component_and_keeps_the_rest():
     fmap = torch.randn(1, 4, 2, 3)                          # M = 2 components of d = 2
     values = torch.tensor([[[7.0, 8.0], [5.0, 6.0]]])      # objects at cells 1 and 4
     mask = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])        # the first object's y unannotated
-    new = uq.at_cells(fmap, torch.tensor([[1, 4]]), values, mask).view(4, 6)
+    new = inference.at_cells(fmap, torch.tensor([[1, 4]]), values, mask).view(4, 6)
     old = fmap.view(4, 6)
     assert new[[0, 2], 1].tolist() == [7.0, 7.0] and torch.equal(new[[1, 3], 1], old[[1, 3], 1])
     assert new[:, 4].tolist() == [5.0, 6.0, 5.0, 6.0]
@@ -119,16 +110,16 @@ def test_all_ground_truth_heads_give_the_oracle_ap(synthetic, task, tmp_path):
     ds = CocoDataset(*synthetic[task], task, input_size=128)
     loader = torch.utils.data.DataLoader(ds, batch_size=5)
     rows = uq.substitution_rules(task, "max")
-    inference = evaluate.Inference(rules=tuple(rows.values()), cfg=model.cfg)
-    network, g = evaluate.network_forward(model, torch.device("cpu"), inference), torch.Generator().manual_seed(0)
+    inf = inference.Inference(rules=tuple(rows.values()), cfg=model.cfg)
+    network, g = inference.network_forward(model, torch.device("cpu"), inf), torch.Generator().manual_seed(0)
 
     def forward(view):                                      # a gate whose choice varies from cell to cell
         out = network(view)
         return dict(out, mdn_logits=5 * torch.randn(out["mdn_logits"].shape, generator=g))
-    results = evaluate.predict(forward, loader, ds.cat_ids, inference, progress=False)
-    stats = {n: s[0] for n, s in evaluate.evaluate_rows(ds.coco, results, rows, task, ds.image_ids, ds.oks_sigmas).items()}
-    oracle = evaluate.Inference(rules=("max",))
-    expected = coco_evaluate(ds.coco, evaluate.predict(evaluate.oracle_forward(model.cfg), loader, ds.cat_ids, oracle,
+    results = inference.predict(forward, loader, ds.cat_ids, inf, progress=False)
+    stats = {n: s[0] for n, s in inference.evaluate_rows(ds.coco, results, rows, task, ds.image_ids, ds.oks_sigmas).items()}
+    oracle = inference.Inference(rules=("max",))
+    expected = coco_evaluate(ds.coco, inference.predict(inference.oracle_forward(model.cfg), loader, ds.cat_ids, oracle,
                                                        progress=False)["max"], task, ds.image_ids)[0]
     assert stats["GT all"] == pytest.approx(expected, abs=1e-9) and expected >= MIN_ORACLE_AP["synthetic", task]
     assert stats["network"] < 0.05 and stats["GT hm"] < 0.5 * stats["GT all"]
@@ -153,7 +144,7 @@ def test_calibration_glue_converts_pose_ground_truth_to_offsets_from_the_peak():
                       **mixture_fields(-np.arange(12).reshape(2, 6), [[5, 6], [7, 8]], la, peak=[128.0, 36.0])),
                result(2, 0.2, [0, 0, 5, 5], 0, 0.5, keypoints=people[1], out_px=1.0,   # under the score threshold
                       **mixture_fields(np.zeros((2, 6)), np.ones((2, 2)), la, peak=[0.0, 0.0]))]
-    x = uq.matched_mixtures(results, coco, "pose")
+    x = uq.matched_mixtures(results, coco, "pose", oks_sigmas=[0.05, 0.05, 0.05])
     # (joint - peak) / out_px; the unannotated joint is masked
     np.testing.assert_allclose(x["target"], [[5, 5, 15, 15, -10, -15], [0.5, 1, 5.5, 11, -2, 13.5]])
     np.testing.assert_array_equal(x["mask"], [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
@@ -213,14 +204,14 @@ def test_oracle_mixture_is_exact_at_the_ground_truth(synthetic, task, tmp_path):
     """The oracle's component 0 is the truth with sigma 1 + floor: after decoding, mapping back
     and converting the ground truth again, every residual is ~0 and the NLL is the density's peak."""
     ds = CocoDataset(*padded(*synthetic[task], tmp_path), task, input_size=128)
-    cfg = evaluate.ModelConfig(task=task, m=2, num_classes=ds.num_classes, num_joints=ds.num_joints or 17,
+    cfg = inference.ModelConfig(task=task, m=2, num_classes=ds.num_classes, num_joints=ds.num_joints or 17,
                                sigma_floor=default_sigma_floor(task, "dla34"))
-    inference = evaluate.Inference(rules=("max",), mixture=("max",))
-    results = evaluate.predict(evaluate.oracle_forward(cfg), torch.utils.data.DataLoader(ds, batch_size=5),
-                               ds.cat_ids, inference, progress=False)["max"]
+    inf = inference.Inference(rules=("max",), mixture=("max",))
+    results = inference.predict(inference.oracle_forward(cfg), torch.utils.data.DataLoader(ds, batch_size=5),
+                               ds.cat_ids, inf, progress=False)["max"]
     assert {r["out_px"] for r in results} == {160 / 32}
     k = ds.oks_sigmas if task == "pose" else None
-    x = uq.matched_mixtures(results, ds.coco, task)
+    x = uq.matched_mixtures(results, ds.coco, task, oks_sigmas=ds.oks_sigmas)
     found = uq.calibration_metrics(x, k)
     assert len(x["target"]) >= 15 and found["coverage"]["coordinate"]["observed"].tolist() == [1.0] * 4
     res = cal.residuals(x["target"], x["mu"][:, 0], x["sigma"][:, 0], x["mask"], k)
@@ -264,12 +255,12 @@ def test_cue_free_ground_truth_ignores_the_figures_with_cues(synthetic):
     results = [dict(image_id=a["image_id"], category_id=1, score=0.5 + 0.5 * a["cues_visible"], bbox=a["bbox"],
                     keypoints=[v + shift(a) if i % 3 < 2 else 1 for i, v in enumerate(a["keypoints"])]) for a in anns]
     gt = uq.cue_free_ground_truth(coco)
-    free_results = uq.cue_free_results(results, coco)
+    free_results = uq.cue_free_results(results, coco, an.COCO_PERSON_SIGMAS)
     assert len(free_results) == len(free) and all(r["score"] == 0.5 for r in free_results)
     assert coco_evaluate(gt, free_results, "pose")[0] == pytest.approx(1.0)
     assert coco_evaluate(gt, results, "pose")[0] < 0.5      # ignoring alone: the loose ones are false positives
     far = dict(results[0], keypoints=[-500.0 if i % 3 < 2 else 1 for i in range(51)])
-    assert uq.cue_free_results([far], coco) == [far]        # near no figure: background, kept
+    assert uq.cue_free_results([far], coco, an.COCO_PERSON_SIGMAS) == [far]        # near no figure: background, kept
     assert sum(a["num_keypoints"] > 0 for a in gt.dataset["annotations"]) == len(free)
     assert uq.cue_free_ground_truth(CocoDataset(*synthetic["det"], "det").coco) is None
 
@@ -287,7 +278,7 @@ def test_cli_oracle_analysis_prints_calibration_and_the_cue_free_oracle_row(synt
     assert "Where does the AP go" not in out                 # no network to substitute into
     assert (tmp_path / "calibration.png").stat().st_size > 0
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert "rank" in saved[0] and not set(evaluate.MIXTURE_KEYS) & set(saved[0])
+    assert "rank" in saved[0] and not set(inference.MIXTURE_KEYS) & set(saved[0])
 
 
 def test_cli_base_has_no_density_and_rescore_needs_one(synthetic, tmp_path, capsys):
