@@ -124,12 +124,13 @@ def nll_cases():
     ex_la = F.log_softmax(torch.tensor([1e4, -1e4, 0.0]).repeat(N, 1), dim=1)
     ex_mask = torch.ones(N, 2 * K)
     ex_mask[1] = 0
-    from mdn_dense import COCO_KPT_SCALE
+    from annotations import COCO_PERSON_SIGMAS
     for ac in (False, True):
         cases.append(Case(f"residuals of 1e4 px at sigma 1e-4, alphas 1 and 0, an all-masked instance, "
                           f"COCO kpt_scale (float32{', bf16 autocast' if ac else ''}): float32, finite value and gradients",
                           call("mdn_nll", torch.full((N, 2 * K), 1e4), torch.zeros(N, M, 2 * K),
-                               torch.tensor([1e-4, 1e3]).repeat(N, M, 1), ex_la, ex_mask, COCO_KPT_SCALE,
+                               torch.tensor([1e-4, 1e3]).repeat(N, M, 1), ex_la, ex_mask,
+                               torch.tensor(COCO_PERSON_SIGMAS),
                                autocast=ac, grad=dict(wrt=[1, 2, 3], weights=torch.ones(N))),
                           all_of(same(rtol=1e-4), finite(grads=True))))
     cases.append(Case("kpt_scale of 3 entries for K = 4 joints: a ValueError",
