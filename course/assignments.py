@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUDENT_README = "STUDENT_README.md"
 # The grader and its tests: they need the reference solution, so the student copy leaves them out.
-INSTRUCTOR_ONLY = ("course/", "tests/test_assignments.py")
+INSTRUCTOR_ONLY = ("course/", "tests/test_assignments")  # test_assignments.py, test_assignments_attacks.py
 grade, format_grades = grader.grade, grader.format_grades
 
 
