@@ -187,8 +187,8 @@ def select_component(mu, sigma, log_alpha, how="max"):
     mu (..., M, D), sigma (..., M, 2), log_alpha (..., M); how = "max" (argmax alpha, the
     paper's choice), "mean" (alpha-weighted mu and sigma; the reported component is the
     argmax), an int (force that component, the "Comp." rows of Tables 1 and 3) or an
-    integer tensor (...) (force a component per location). Returns mu (..., D), sigma (..., 2), component (...) int64, alpha (...) of the
-    reported component.
+    integer tensor (...) (force a component per location). Returns mu (..., D),
+    sigma (..., 2), component (...) int64, alpha (...) of the reported component.
     """
     M = mu.shape[-2]
     if isinstance(how, str) and how in ("max", "mean"):
@@ -198,7 +198,8 @@ def select_component(mu, sigma, log_alpha, how="max"):
     elif torch.is_tensor(how) and not how.is_floating_point() and how.dtype != torch.bool:
         comp = how.to(device=mu.device, dtype=torch.long).expand(log_alpha.shape[:-1])  # (...)
         if comp.numel() and (comp.min() < 0 or comp.max() >= M):
-            raise ValueError(f"component indices must lie in [0, {M}), got {comp.min().item()}..{comp.max().item()}")
+            raise ValueError(f"component indices must lie in [0, {M}), got "
+                             f"{comp.min().item()}..{comp.max().item()}")
     else:
         raise ValueError(f"component must be 'max', 'mean', an int in [0, {M}) or an integer tensor, got {how!r}")
     ### BEGIN SOLUTION
