@@ -51,7 +51,8 @@ def sigma_activation(x, floor):
     keeps every sigma above it. The official code calls (1 + floor) `mdn_min_sigma`
     (1 for hourglass detection, 2 for DLA detection, 10 for pose), i.e.
     floor = mdn_min_sigma - 1 (model.default_sigma_floor). The clamp only matters for floor = 0, where ELU(-1e3) + 1
-    is exactly 0 in float32; it mirrors the official clamp at 1e-4.
+    is exactly 0 in float32; it mirrors the official clamp at 1e-4. Raises ValueError for
+    floor < 0.
     """
     if floor < 0:
         raise ValueError(f"sigma floor must be >= 0, got {floor}")
@@ -73,6 +74,25 @@ def _expand_axes(sigma, D):
     return sigma.repeat(*([1] * (sigma.dim() - 1)), D // 2)
 
 
+def per_dim_std(sigma, D, kpt_scale=None):
+    """Eq. (4)'s std of every regression dim: sigma (..., 2) per-axis std -> (..., D).
+
+    Dim d = 2j + a (joint j, axis a, 0 = x; x and y interleaved) has the std
+    sigma[..., a] * k_j, with k_j = kpt_scale[j] (D/2 entries; None: every k_j = 1).
+    Raises ValueError when kpt_scale does not have D/2 entries.
+    """
+    n = None if kpt_scale is None else torch.as_tensor(kpt_scale).numel()
+    if n is not None and n != D // 2:
+        raise ValueError(f"kpt_scale has {n} entries, expected D/2 = {D // 2}")
+    ### BEGIN SOLUTION
+    std = _expand_axes(sigma, D)                                       # (..., D)
+    if kpt_scale is not None:
+        k = torch.as_tensor(kpt_scale, dtype=std.dtype, device=std.device)
+        std = std * k.repeat_interleave(2)
+    return std
+    ### END SOLUTION
+
+
 def mdn_nll(target, mu, sigma, log_alpha, mask=None, kpt_scale=None):
     """Per-instance mixture negative log-likelihood, Eqs. (2)-(5).
 
@@ -80,9 +100,14 @@ def mdn_nll(target, mu, sigma, log_alpha, mask=None, kpt_scale=None):
     log_alpha (N, M) log mixing coefficients, mask (N, D) 1 = visible dim (None: all),
     kpt_scale (D/2,) per-joint scale k_j (None: 1). Returns (N,).
 
-    The std of joint j on axis a under component m is sigma[m, a] * k_j. c in Eq. (2)
-    counts only the visible dims. An instance with no visible dim contributes 0.
-    Computed in float32 (float64 if given) with log-sum-exp, outside autocast.
+    The std of joint j on axis a under component m is sigma[m, a] * k_j (per_dim_std).
+    §3.2 (below Eq. 4) divides by each keypoint's COCO scale instead: dividing the offsets
+    t - mu by k_j and giving them std sigma is the same Gaussian as std sigma * k_j on the
+    offsets themselves, written the other way (up to the -sum log k_j of the change of
+    variables, kept here so the value is a true log-density). c in Eq. (2) counts only the
+    visible dims. An instance with no visible dim contributes 0. Computed in float32
+    (float64 if given) with log-sum-exp, outside autocast. Raises ValueError when
+    kpt_scale does not have D/2 entries.
     """
     N, M, D = mu.shape
     if D % 2:
@@ -93,12 +118,7 @@ def mdn_nll(target, mu, sigma, log_alpha, mask=None, kpt_scale=None):
         t, mu, sigma = target.to(dtype), mu.to(dtype), sigma.to(dtype)
         log_alpha = log_alpha.to(dtype)
         mask = torch.ones_like(t) if mask is None else mask.to(dtype)
-        std = _expand_axes(sigma, D)                                   # (N, M, D)
-        if kpt_scale is not None:
-            k = torch.as_tensor(kpt_scale, dtype=dtype, device=t.device)
-            if k.numel() != D // 2:
-                raise ValueError(f"kpt_scale has {k.numel()} entries, expected D/2 = {D // 2}")
-            std = std * k.repeat_interleave(2)                         # (N, M, D)
+        std = per_dim_std(sigma, D, kpt_scale)                         # (N, M, D)
         z = (t[:, None, :] - mu) / std                                 # (N, M, D)
         # log of Eq. (2)/(4): -c/2 log(2 pi) - sum_d log std_d - |t - mu|^2 / (2 std^2),
         # summed over visible dims only (the official code drops -sum log k_j; we keep it
@@ -166,17 +186,22 @@ def select_component(mu, sigma, log_alpha, how="max"):
 
     mu (..., M, D), sigma (..., M, 2), log_alpha (..., M); how = "max" (argmax alpha, the
     paper's choice), "mean" (alpha-weighted mu and sigma; the reported component is the
-    argmax) or an int (force that component, the "Comp." rows of Tables 1 and 3).
-    Returns mu (..., D), sigma (..., 2), component (...) int64, alpha (...) of the
-    reported component.
+    argmax), an int (force that component, the "Comp." rows of Tables 1 and 3) or an
+    integer tensor (...) (force a component per location). Returns mu (..., D),
+    sigma (..., 2), component (...) int64, alpha (...) of the reported component.
     """
     M = mu.shape[-2]
-    if how == "max" or how == "mean":
+    if isinstance(how, str) and how in ("max", "mean"):
         comp = log_alpha.argmax(-1)                                    # (...)
     elif isinstance(how, int) and not isinstance(how, bool) and 0 <= how < M:
         comp = torch.full(log_alpha.shape[:-1], how, dtype=torch.long, device=mu.device)
+    elif torch.is_tensor(how) and not how.is_floating_point() and how.dtype != torch.bool:
+        comp = how.to(device=mu.device, dtype=torch.long).expand(log_alpha.shape[:-1])  # (...)
+        if comp.numel() and (comp.min() < 0 or comp.max() >= M):
+            raise ValueError(f"component indices must lie in [0, {M}), got "
+                             f"{comp.min().item()}..{comp.max().item()}")
     else:
-        raise ValueError(f"component must be 'max', 'mean' or an int in [0, {M}), got {how!r}")
+        raise ValueError(f"component must be 'max', 'mean', an int in [0, {M}) or an integer tensor, got {how!r}")
     ### BEGIN SOLUTION
     alpha = log_alpha.exp()
     pick = lambda t: t.gather(-2, comp[..., None, None].expand(*t.shape[:-2], 1, t.shape[-1]))[..., 0, :]

@@ -35,27 +35,22 @@ def _f64(x):
 
 
 def per_dim_std(sigma, D, kpt_scale=None):
-    """sigma (..., 2) per-axis std -> (..., D): sigma_a * k_j on dim d = 2j + a (Eq. (4))."""
+    """sigma (..., 2) per-axis std -> (..., D) in float64: mdn_dense.per_dim_std (Eq. (4)),
+    after checking that every sigma is positive."""
     sigma = _f64(sigma)
     if (sigma <= 0).any():
         raise ValueError("sigmas must be > 0 (the m = 0 base predicts no uncertainty)")
-    std = sigma.repeat(*([1] * (sigma.dim() - 1)), D // 2)            # (..., D)
-    if kpt_scale is not None:
-        k = _f64(kpt_scale)
-        if k.numel() != D // 2:
-            raise ValueError(f"kpt_scale has {k.numel()} entries, expected D/2 = {D // 2}")
-        std = std * k.repeat_interleave(2)
-    return std
+    return md.per_dim_std(sigma, D, _f64(kpt_scale))
 
 
 def select(mu, sigma, log_alpha, component=None):
-    """The component each instance reports: component (N,) int, None = argmax alpha (§3.3).
-    mu (N, M, D), sigma (N, M, 2), log_alpha (N, M) -> mu_sel (N, D), sigma_sel (N, 2),
-    log_alpha_sel (N,), component (N,)."""
+    """The component each instance reports: component (N,) int, None = argmax alpha (§3.3),
+    picked by mdn_dense.select_component. mu (N, M, D), sigma (N, M, 2), log_alpha (N, M)
+    -> mu_sel (N, D), sigma_sel (N, 2), log_alpha_sel (N,), component (N,)."""
     mu, sigma, log_alpha = _f64(mu), _f64(sigma), _f64(log_alpha)
-    comp = log_alpha.argmax(1) if component is None else torch.as_tensor(component, dtype=torch.long)
-    i = torch.arange(mu.shape[0])
-    return mu[i, comp], sigma[i, comp], log_alpha[i, comp], comp
+    how = "max" if component is None else torch.as_tensor(component, dtype=torch.long)
+    mu_s, sigma_s, comp, _ = md.select_component(mu, sigma, log_alpha, how)
+    return mu_s, sigma_s, log_alpha.gather(-1, comp[..., None])[..., 0], comp
 
 
 def _mask(mask, like):

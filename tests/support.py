@@ -1,6 +1,4 @@
-"""What several test files share: the real COCO sample's path and random head outputs.
-(A plain module, not conftest.py: the course grader copies graded test files and their
-helpers into a folder of its own, with its own conftest.)"""
+"""What several test files share: the real COCO sample's path and random head outputs."""
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,11 @@
-"""The assignment tooling: the student copy blanks every solution and gets its own README,
-the grader runs the instructor's tests against the student's modules (and is not fooled by
-the shortcuts below), and each typical mistake costs the points of its own function only."""
-import runpy
+"""The assignment tooling: the student copy blanks every solution and leaks none, the grader
+scores the reference 100 and a blank copy 0, and each typical mistake costs its own function
+only (tests/test_assignments_attacks.py: what a student's code can try in its child).
+
+Instructor-only: the student copy leaves these files and course/ out (they need the reference).
+"""
+import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -11,27 +15,23 @@ import json
 
 import nbformat
 import pytest
-import torch
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from course import assignments as asg
+from course import grader, sandbox
 
-INDEPENDENT = ["tests/test_mdn_dense.py::test_focal_loss_matches_slow_loop",
-               "tests/test_model.py::test_official_sigma_floor_per_backbone",
-               "tests/test_coco_data.py::test_affine_round_trip_and_flip_twice",
-               "tests/test_synthetic_coco.py", "tests/test_readme.py"]
-STOLEN = ("sigma_activation", "mdn_nll", "select_component")  # the graded functions of mdn_dense.py
+FAST = grader.Limits(cpu_seconds=20, memory_mb=4096, wall_seconds=120)
+SANDBOX = pytest.mark.skipif(sandbox.isolation() != sandbox.BWRAP,
+                             reason="bubblewrap is not installed or does not work here (.ci/run installs it)")
 
 
 def rows(grades):
-    return {a.name: got for a, _, got in grades.rows}
+    return {a.name: got for a, _, _, got in grades.rows}
 
 
-def pytest_in(folder, *args):
-    """pytest run the naive way, inside a student's folder."""
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-                          cwd=folder, capture_output=True, text=True)
+def full():
+    return {a.name: a.points for a in asg.ASSIGNMENTS}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,26 @@ def built(tmp_path_factory):
 def student(built, tmp_path):
     shutil.copytree(built[0], tmp_path / "student")
     return tmp_path / "student"
+
+
+def reference_copy(folder):
+    """The reference's top-level modules in a new folder (a perfect student)."""
+    folder.mkdir()
+    for module in asg.ROOT.glob("*.py"):
+        shutil.copyfile(module, folder / module.name)
+    return folder
+
+
+def solution_lines(text):
+    """The lines (20 characters or more, comments aside) inside the solution regions of text."""
+    out, inside = set(), False
+    for line in text.splitlines():
+        s = line.strip().strip('",').replace("\\n", "").strip()
+        if s.startswith(asg.BEGIN) or s.startswith(asg.END):
+            inside = s.startswith(asg.BEGIN)
+        elif inside and len(s) >= 20 and not s.startswith("#"):
+            out.add(s.split("  #")[0].strip())
+    return out
 
 
 # ----------------------------------------------------------------------------- building
@@ -75,29 +95,6 @@ def test_build_refuses_a_non_empty_folder(tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-def test_student_copy_fails_blanked_tests_and_passes_after_restoring(built, student):
-    blanked = built[1]
-    assert blanked["mdn_dense.py"] >= 3 and blanked["decode.py"] >= 4 and blanked["coco_data.py"] >= 1
-    assert "### BEGIN SOLUTION" not in (student / "mdn_dense.py").read_text()
-    readme = (student / "README.md").read_text()
-    assert readme == (asg.HERE / asg.STUDENT_README).read_text() and not (student / asg.STUDENT_README).exists()
-    assert "for instructors" not in readme and "reference solution" not in readme
-    assert len(readme.splitlines()) <= 50
-    grades = asg.grade(student)
-    assert grades.total == 0 and not grades.problems, asg.format_grades(grades)
-    # the feedback names each failing test, the function it grades and the first line of why
-    report = asg.format_grades(grades)
-    assert "[mdn_nll] tests/test_mdn_dense.py::test_mdn_nll_gradcheck" in report
-    assert "NotImplementedError: mdn_nll: your code here" in report
-    assert len(grades.failures) == sum(len(a.tests) for a in asg.ASSIGNMENTS)
-    proc = pytest_in(student, *INDEPENDENT)  # the rest of the suite still runs
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    for rel in blanked:  # restore the reference solutions
-        shutil.copy2(asg.ROOT / rel, student / rel)
-    grades = asg.grade(student)
-    assert grades.total == 100 and not grades.failures and not grades.problems, asg.format_grades(grades)
-
-
 def test_blank_notebook_strips_the_outputs_of_blanked_cells_only():
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("print(1)", execution_count=1, outputs=[nbformat.v4.new_output("stream", text="1\n")]),
@@ -108,6 +105,51 @@ def test_blank_notebook_strips_the_outputs_of_blanked_cells_only():
     assert n == 1 and "return 42" not in "".join(blanked["source"])
     assert blanked["outputs"] == [] and blanked["execution_count"] is None
     assert "".join(kept["outputs"][0]["text"]) == "1\n" and kept["execution_count"] == 1
+
+
+def test_student_copy_holds_no_solution(built):
+    """No line of a graded module's solution region appears anywhere in the copy (calibration, tests and
+    mutants call the graded functions or stay out), the grader and its tests stay out, and
+    the copy's README is STUDENT_README.md."""
+    student, blanked = built
+    assert blanked["mdn_dense.py"] >= 4 and blanked["decode.py"] >= 4 and blanked["coco_data.py"] >= 2
+    assert not (student / "course").exists() and not list((student / "tests").glob("test_assignments*"))
+    readme = (student / "README.md").read_text()
+    assert readme == (asg.HERE / asg.STUDENT_README).read_text() and "reference solution" not in readme
+    # the graded modules' solutions (a notebook exercise's region is one API call its text names)
+    secret = set().union(*(solution_lines((asg.ROOT / rel).read_text()) for rel in blanked if rel.endswith(".py")))
+    assert len(secret) > 20 and "std = std * k.repeat_interleave(2)" in secret
+    for path in student.rglob("*"):
+        if path.is_file() and path.suffix in (".py", ".ipynb", ".md", ".txt"):
+            text = path.read_text()
+            leaked = [line for line in secret if line in text]
+            assert not leaked, f"{path.relative_to(student)} holds solution lines: {leaked[:3]}"
+
+
+def test_a_student_copy_cannot_serve_as_the_reference(built, monkeypatch):
+    """The grader's answers come from the reference: in a copy without solutions it refuses."""
+    monkeypatch.setattr(grader, "ROOT", built[0])
+    with pytest.raises(SystemExit, match="no solution regions: this is a student copy"):
+        grader.reference_module("mdn_dense")
+
+
+def test_blank_copy_scores_0_and_the_reference_100_then_its_pytest_passes(built, student):
+    grades = asg.grade(student, limits=FAST)
+    report = asg.format_grades(grades)
+    assert grades.total == 0 and all(p == 0 for p in rows(grades).values()), report
+    # feedback per failing check: the function, the input in words, what came back
+    assert "[mdn_nll] 6 pose instances (K = 4 joints, M = 3, float64)" in report
+    assert "raised NotImplementedError: mdn_nll: your code here" in report
+    assert f"isolation: {sandbox.DESCRIBE[grades.isolation]}" in report
+    for rel in built[1]:  # the student writes every function: the reference's, here
+        shutil.copy2(asg.ROOT / rel, student / rel)
+    grades = asg.grade(student, limits=FAST)
+    assert grades.total == 100 and not grades.failures, asg.format_grades(grades)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                           "tests/test_mdn_dense.py", "tests/test_decode.py", "tests/test_calibration.py",
+                           "tests/test_coco_data.py", "tests/test_readme.py", "-k", "not real_coco"],
+                          cwd=student, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
 
 
 def test_student_notebook_01_stops_at_its_first_function_to_write(built, monkeypatch):
@@ -135,57 +177,88 @@ def test_student_notebook_01_stops_at_its_first_function_to_write(built, monkeyp
     assert all(c.outputs for c in code[1:stop]) and not any(c.outputs for c in code[stop + 1:])
 
 
-# ----------------------------------------------------------------------------- attacks
-def test_a_conftest_in_the_students_tests_changes_nothing(student):
-    """Attack 1: a conftest.py (and a pytest.ini) in the student's folder that makes every
-    test a no-op. It fools pytest run there; the grader never reads the student's tests."""
-    (student / "tests" / "conftest.py").write_text(
-        "import pytest\n\n\n@pytest.hookimpl(tryfirst=True)\ndef pytest_pyfunc_call(pyfuncitem):\n"
-        "    return True  # 'ran it': no test body ever runs\n")
-    (student / "pytest.ini").write_text("[pytest]\naddopts = -p no:cacheprovider\n")
-    proc = pytest_in(student, asg.ASSIGNMENTS[1].tests[0])
-    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-1000:]  # the attack works there
-    grades = asg.grade(student)
-    assert grades.total == 0, asg.format_grades(grades)
+# ----------------------------------------------------------------------------- points where the mistake is
+def sub(pattern, repl):
+    def plant(region):
+        new, n = re.subn(pattern, repl, region)
+        assert n == 1, f"{pattern!r} matches {n} times in the solution region"
+        return new
+    return plant
 
 
-def test_student_code_cannot_read_the_reference(student):
-    """Attack 2: the student's mdn_dense.py takes the reference's functions from the
-    instructor's checkout (by absolute path: the grader's copy is elsewhere), by import,
-    by a subprocess or by os.open. The guard forbids all three and voids the run."""
-    ref = str(asg.ROOT / "mdn_dense.py")
-    (student / "mdn_dense.py").write_text((student / "mdn_dense.py").read_text() + f"""
-import importlib.util as _u, os as _os, subprocess as _sp
-def _import():
-    spec = _u.spec_from_file_location("_instructor", {ref!r})
-    module = _u.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return vars(module)
-def _run(source):
-    namespace = {{"__name__": "_instructor"}}
-    exec(compile(source, "_instructor", "exec"), namespace)
-    return namespace
-_ways = [_import, lambda: _run(_sp.run(["cat", {ref!r}], capture_output=True, text=True, check=True).stdout),
-         lambda: _run(_os.read(_os.open({ref!r}, _os.O_RDONLY), 1 << 20).decode())]
-for _way in _ways:
-    try:
-        _ref = _way()
-        globals().update({{n: _ref[n] for n in {STOLEN!r}}})
-        break
-    except Exception:
-        pass
-""")
-    stolen = runpy.run_path(str(student / "mdn_dense.py"))  # the attack works outside the grader
-    assert stolen["sigma_activation"](torch.zeros(1), 1.0).item() == 2.0
-    grades = asg.grade(student)
-    assert grades.total == 0, asg.format_grades(grades)
-    report = asg.format_grades(grades)
-    for way in (f"opened {ref}", "subprocess.Popen"):
-        assert way in report, report
+def after(name, line):
+    """Insert line (the planted mistake) after the statement that assigns name."""
+    def plant(region):
+        tree = ast.parse("if True:\n" + region)
+        hits = [s for s in ast.walk(tree) if isinstance(s, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == name for t in s.targets)]
+        assert len(hits) == 1, f"{name} is assigned {len(hits)} times in the solution region"
+        lines = region.splitlines(keepends=True)
+        end, first = hits[0].end_lineno - 1, lines[hits[0].lineno - 2]
+        return "".join(lines[:end] + [first[:len(first) - len(first.lstrip())] + line + "\n"] + lines[end:])
+    return plant
 
 
-def test_a_link_to_the_reference_is_refused(tmp_path):
-    """Attack 2, by the file system: a student module that is a link to the reference's."""
+def before_all(line):
+    def plant(region):
+        indent = region[:len(region) - len(region.lstrip())].split("\n")[-1]
+        return indent + line + "\n" + region
+    return plant
+
+
+# (row that must lose its points, the function whose region is changed, the mistake, how to plant it),
+# each a transformation of the reference's region, so no solution line is written here
+MUTANTS = [
+    ("sigma_activation", "sigma_activation", "exp instead of ELU + 1", sub(r"F\.elu\((\w+)\)", r"(torch.exp(\1) - 1.0)")),
+    ("sigma_activation", "sigma_activation", "softplus instead of ELU + 1",
+     sub(r"F\.elu\((\w+)\)", r"(F.softplus(\1) - 1.0)")),
+    ("sigma_activation", "sigma_activation", "no floor", sub(r"\s*\+\s*floor\b", "")),
+    ("sigma_activation", "sigma_activation", "no clamp", sub(r"\.clamp_min\([^)]*\)", "")),
+    ("mdn_nll", "mdn_nll", "no mask", before_all("mask = None")),
+    ("mdn_nll", "per_dim_std", "no keypoint scale", before_all("kpt_scale = None")),
+    ("mdn_nll", "mdn_nll", "c counts masked dims",
+     after("log_phi", "log_phi = log_phi - 0.5 * (D - mask.sum(1))[:, None] * math.log(2 * math.pi)")),
+    ("mdn_nll", "mdn_nll", "mean instead of log-sum-exp", sub(r"torch\.logsumexp\(", "torch.mean(")),
+    ("mdn_nll", "mdn_nll", "no -sum log k_j", after("z", "std = _expand_axes(sigma, D)")),
+]
+
+
+def plant(text, func, transform):
+    """Apply transform to func's solution region (the text between its markers)."""
+    start = text.index("\n", text.index(asg.BEGIN, text.index(f"def {func}("))) + 1
+    end = text.rindex("\n", 0, text.index(asg.END, start)) + 1
+    new = text[:start] + transform(text[start:end]) + text[end:]
+    assert new != text
+    compile(new, "mutant", "exec")
+    return new
+
+
+def test_each_typical_mistake_costs_its_own_function_only(tmp_path):
+    source = (asg.ROOT / "mdn_dense.py").read_text()
+    folders = []
+    for i, (_, func, _, transform) in enumerate(MUTANTS):
+        folder = reference_copy(tmp_path / f"mutant{i}")
+        (folder / "mdn_dense.py").write_text(plant(source, func, transform))
+        folders.append(folder)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda f: asg.grade(f, limits=FAST), folders))
+    points = full()
+    for (row, _, mistake, _), g in zip(MUTANTS, results):  # the table that -s shows
+        print(f"{row:<17} {mistake:<28} lost {points[row] - rows(g)[row]}/{points[row]}, "
+              f"the others {sum(points.values()) - points[row] - (g.total - rows(g)[row])}")
+    for (row, _, mistake, _), grades in zip(MUTANTS, results):
+        report = asg.format_grades(grades)
+        assert rows(grades)[row] == 0, f"{mistake}: {row} keeps its points\n" + report
+        assert {n: p for n, p in rows(grades).items() if n != row} == {n: p for n, p in points.items() if n != row}, (
+            f"{mistake} in {row} costs another function points\n" + report)
+        assert {name for name, _, _ in grades.failures} == {row}, report
+    # the feedback says where: the function, the input in words, expected vs got
+    report = asg.format_grades(results[3])
+    assert "[sigma_activation] floor = 0, x = [-10000.0, -1000.0, -200.0, -20.0]: the clamp at 1e-4" in report, report
+    assert "expected every entry >= 0.0001" in report, report
+
+
+def test_links_to_the_reference_are_refused(tmp_path):
     (tmp_path / "sym").mkdir()
     (tmp_path / "sym" / "mdn_dense.py").symlink_to(asg.ROOT / "mdn_dense.py")
     with pytest.raises(SystemExit, match="mdn_dense.py is not a plain file"):
@@ -197,100 +270,3 @@ def test_a_link_to_the_reference_is_refused(tmp_path):
         pytest.skip("no hard links across these folders")
     with pytest.raises(SystemExit, match="the reference's own file"):
         asg.grade(tmp_path / "hard")
-
-
-def test_student_code_cannot_switch_off_the_tests(student):
-    """Attack 3: the student's mdn_dense.py, imported by the tests, replaces pytest's
-    Function.runtest so that no test body runs. The guard sees pytest's machinery change
-    (and the canary test that must fail pass) and voids the run."""
-    (student / "mdn_dense.py").write_text((student / "mdn_dense.py").read_text() + """
-import sys as _sys
-if "_pytest.python" in _sys.modules:
-    _sys.modules["_pytest.python"].Function.runtest = lambda self: None
-""")
-    proc = pytest_in(student, *asg.ASSIGNMENTS[1].tests)
-    assert proc.returncode == 0 and "12 passed" in proc.stdout, proc.stdout[-1000:]  # the attack works there
-    grades = asg.grade(student)
-    assert grades.total == 0, asg.format_grades(grades)
-    report = asg.format_grades(grades)
-    assert "Function.runtest was replaced" in report and "canary" in report, report
-
-
-def test_a_forged_report_and_os_exit_score_nothing(student):
-    """Attack 3, second form: write a report that says every test passed (pytest's JUnit
-    file, or the guard's results file named in grader.json), then os._exit(0) so that
-    pytest never writes the true one. The results file is out of the run's reach, and
-    tests without a result count as failed."""
-    (student / "mdn_dense.py").write_text((student / "mdn_dense.py").read_text() + """
-import json as _json, os as _os, sys as _sys
-if "pytest" in _sys.modules:
-    try:
-        _settings = _json.load(open(_os.path.join(_os.getcwd(), "grader.json")))
-        with open(_settings["results"], "a") as _f:
-            for _t in _settings["tests"]:
-                _f.write(_json.dumps(dict(kind="test", nodeid=_t, when="call", outcome="passed")) + "\\n")
-            _f.write(_json.dumps(dict(kind="finished", exitstatus=0)) + "\\n")
-    except Exception:
-        pass
-    _os._exit(0)
-""")
-    proc = pytest_in(student, *asg.ASSIGNMENTS[1].tests)
-    assert proc.returncode == 0, proc.stdout[-1000:]  # "exit status 0" would fool a naive grader
-    grades = asg.grade(student)
-    assert grades.total == 0, asg.format_grades(grades)
-    report = asg.format_grades(grades)
-    assert "opened" in report and "for writing" in report and "stopped before the end" in report, report
-
-
-# ----------------------------------------------------------------------------- points where the mistake is
-PHI = "- 0.5 * math.log(2 * math.pi))).sum(-1)"
-MUTANTS = [  # (function, the mistake, text in its solution region, the wrong version)
-    ("sigma_activation", "exp instead of ELU + 1", "F.elu(x) + 1.0 + floor", "torch.exp(x) + floor"),
-    ("sigma_activation", "softplus instead of ELU + 1", "F.elu(x) + 1.0 + floor", "F.softplus(x) + floor"),
-    ("sigma_activation", "no floor", "F.elu(x) + 1.0 + floor", "F.elu(x) + 1.0"),
-    ("sigma_activation", "no clamp", "(F.elu(x) + 1.0 + floor).clamp_min(1e-4)", "F.elu(x) + 1.0 + floor"),
-    ("mdn_nll", "no mask", "mask = torch.ones_like(t) if mask is None else mask.to(dtype)", "mask = torch.ones_like(t)"),
-    ("mdn_nll", "no keypoint scale", "std = std * k.repeat_interleave(2)", "std = std"),
-    ("mdn_nll", "c counts masked dims", PHI, "+ 0)).sum(-1) - 0.5 * D * math.log(2 * math.pi)"),
-    ("mdn_nll", "mean instead of log-sum-exp", "-torch.logsumexp(log_alpha + log_phi, dim=1)",
-     "-(log_alpha + log_phi).mean(dim=1)"),
-    ("mdn_nll", "no -sum log k_j", "- torch.log(std)", "- torch.log(_expand_axes(sigma, D))"),
-]
-
-
-def plant(text, func, old, new):
-    """Replace `old` by `new` inside func's solution region (exactly once)."""
-    start = text.index(asg.BEGIN, text.index(f"def {func}("))
-    end = text.index(asg.END, start)
-    region = text[start:end]
-    assert region.count(old) == 1, f"{func}'s solution region no longer contains {old!r} once"
-    return text[:start] + region.replace(old, new) + text[end:]
-
-
-def test_each_typical_mistake_costs_its_own_function_only(tmp_path):
-    source = (asg.ROOT / "mdn_dense.py").read_text()
-    folders = []
-    for i, (func, _, old, new) in enumerate(MUTANTS):
-        folder = tmp_path / f"mutant{i}"
-        folder.mkdir()
-        for module in asg.ROOT.glob("*.py"):
-            shutil.copyfile(module, folder / module.name)
-        (folder / "mdn_dense.py").write_text(plant(source, func, old, new))
-        folders.append(folder)
-    with ThreadPoolExecutor(2) as pool:  # each grade is a pytest process; two cores
-        results = list(pool.map(asg.grade, folders))
-    full = {a.name: a.points for a in asg.ASSIGNMENTS}
-    for (func, mistake, _, _), g in zip(MUTANTS, results):  # the table that -s shows
-        others = sum(full.values()) - full[func] - (g.total - rows(g)[func])
-        print(f"{func:<17} {mistake:<28} lost {full[func] - rows(g)[func]}/{full[func]}, the others {others}")
-    for (func, mistake, _, _), grades in zip(MUTANTS, results):
-        got = rows(grades)
-        assert got[func] == 0, f"{mistake}: {func} keeps its points\n" + asg.format_grades(grades)
-        assert {n: p for n, p in got.items() if n != func} == {n: p for n, p in full.items() if n != func}, (
-            f"{mistake} in {func} costs another function points\n" + asg.format_grades(grades))
-        assert {name for name, _, _ in grades.failures} == {func} and not grades.problems, asg.format_grades(grades)
-    # the feedback says where: the failing test, its function and the first line of its message
-    report = asg.format_grades(results[3], verbose=True)
-    assert "[sigma_activation] tests/test_mdn_dense.py::test_sigma_activation_clamps_at_1e_4_for_floor_zero" in report
-    assert "clamp it from below at 1e-4" in report and "pytest output" in report
-    assert [name for name, _, _ in results[3].failures] == ["sigma_activation"]  # only the clamp test fails

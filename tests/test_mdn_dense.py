@@ -1,9 +1,9 @@
 """Oracle and invariance tests for mdn_dense.py (the mixture math and the losses).
 
 The tests of the two graded activation / loss functions come first, sigma_activation then
-mdn_nll (assignments.ASSIGNMENTS grades them by these names). Each depends on its own
-function alone, and each fails for one of that function's typical mistakes with a message
-that names it; tests/test_assignments.py plants those mistakes and checks the points.
+mdn_nll. Each depends on its own function alone and fails for one of that function's typical
+mistakes with a message that names it (the course grader's own checks, course/checks.py,
+judge the same behaviour in a sandbox; tests/test_assignments.py plants the mistakes there).
 """
 import math
 
@@ -326,3 +326,17 @@ def test_select_component_rules_on_one_mixture():
     assert comp.tolist() == [1]
     f_mu, _, comp, a = md.select_component(mu, sigma, la, 2)
     assert comp.tolist() == [2] and torch.allclose(f_mu, mu[:, 2]) and torch.allclose(a, torch.tensor([0.3]))
+
+
+def test_select_component_per_location_tensor_equals_forcing_each_int():
+    g = torch.Generator().manual_seed(7)
+    mu, sigma = torch.randn(4, 3, 6, generator=g), torch.rand(4, 3, 2, generator=g) + 0.1
+    la = F.log_softmax(torch.randn(4, 3, generator=g), -1)
+    comp = torch.tensor([2, 0, 1, 2])
+    got = md.select_component(mu, sigma, la, comp)
+    for i, c in enumerate(comp.tolist()):
+        want = md.select_component(mu[i:i + 1], sigma[i:i + 1], la[i:i + 1], c)
+        for a, b in zip(got, want):
+            assert torch.equal(a[i:i + 1], b), (i, c)
+    with pytest.raises(ValueError, match="component indices must lie in"):
+        md.select_component(mu, sigma, la, torch.tensor([0, 1, 3, 0]))
