@@ -27,10 +27,11 @@ import synthetic_coco
 from analysis import calibration, plots, uncertainty
 from analysis import components as analysis
 from annotations import dataset_paths
-from coco_data import STRIDE, BadImageError, CocoDataset
+from coco_data import STRIDE, CocoDataset
 from inference import (Inference, MultiScale, component_rules, evaluate_rows, format_table, measure_fps,
                        network_forward, oracle_forward, predict, test_sizes, MIXTURE_KEYS)
 from model import ModelConfig, default_sigma_floor, load_model
+from transforms import BadImageError
 from util import precision as px
 from util.flags import device as device_flag, non_negative, positive
 

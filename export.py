@@ -12,8 +12,8 @@ names, COCO category ids, keypoint names, skeleton, flip_idx) ride along as meta
 the key "mdn_dense" (JSON). hm_hp refinement is not in the graph (refine=False).
 
 Input "image" (B, 3, H, W) float32: what evaluation feeds the network, i.e.
-coco_data.letterbox(image, S)[0]: the image letterboxed into S x S, RGB, x / 255, minus
-coco_data.MEAN_RGB, over coco_data.STD_RGB. Fixed graphs take (batch, 3, S, S); --dynamic
+transforms.letterbox(image, S)[0]: the image letterboxed into S x S, RGB, x / 255, minus
+transforms.MEAN_RGB, over transforms.STD_RGB. Fixed graphs take (batch, 3, S, S); --dynamic
 takes any batch 1..64 and any H, W that are multiples of the network's size multiple (32
 for DLA, 128 for Hourglass) from twice that multiple up to 2048.
 
@@ -338,7 +338,7 @@ def main(argv=None):
     meta = dict(task=model.cfg.task, m=model.cfg.m, arch=model.cfg.arch, stride=model.stride, size_multiple=mult,
                 input_size=size, dynamic=args.dynamic, k=args.topk, component=component,
                 coordinates="output-map pixels: x stride for input pixels, then the inverse letterbox",
-                input="coco_data.letterbox(image, input_size)[0]: RGB / 255, minus MEAN_RGB, over STD_RGB",
+                input="transforms.letterbox(image, input_size)[0]: RGB / 255, minus MEAN_RGB, over STD_RGB",
                 outputs=list(detector.names), checkpoint=str(args.checkpoint),
                 **{k: data[k] for k in ("class_names", "cat_ids", "keypoint_names", "skeleton", "flip_idx")
                    if data.get(k) is not None})

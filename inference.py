@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from coco_data import STRIDE, apply_affine
+from coco_data import STRIDE
 from coco_eval import coco_evaluate
 import mdn_dense as md
 from decode import decode, flip_merge, merge_scales
 from model import ModelConfig, head_channels
+from transforms import apply_affine
 from util import precision as px
 
 STAT_NAMES = {"det": ["AP", "AP50", "AP75", "APs", "APm", "APl"],

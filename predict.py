@@ -4,7 +4,7 @@
     python predict.py --checkpoint runs/det_m3/ckpt.pt --source 'shots/*.jpg' --score-thresh 0.4
     python predict.py --checkpoint runs/pose_m3/ckpt.pt --source clip.mp4 --ellipses   # needs PyAV
 
-Every image takes evaluation's path (coco_data.read_image, coco_data.letterbox, evaluate's
+Every image takes evaluation's path (transforms.read_image, transforms.letterbox, evaluate's
 network_forward and decode_results: NMS-free decoding, then back to original pixels), so a
 checkpoint predicts here exactly what evaluate.py scores. For each image a picture is written
 with the detections coloured by their mixture component (the colours of every figure of the
@@ -32,9 +32,10 @@ from tqdm import tqdm
 from analysis import plots
 from util import precision as px
 from util.flags import device, positive, probability
-from coco_data import STRIDE, BadImageError, invert_affine, letterbox, read_image
+from coco_data import STRIDE
 from inference import Inference, decode_results, network_forward
 from model import load_model
+from transforms import BadImageError, invert_affine, letterbox, read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm"}

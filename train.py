@@ -28,9 +28,10 @@ from tqdm import tqdm
 import mdn_dense as md
 import synthetic_coco
 from annotations import dataset_paths
-from coco_data import BadImageError, CocoDataset
+from coco_data import CocoDataset
 from inference import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, load_backbone_weights, read_checkpoint
+from transforms import BadImageError
 from util import precision as px
 from util.flags import non_negative, positive, probability
 from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule

@@ -10,6 +10,7 @@ from PIL import Image
 
 import annotations as an
 import coco_data as cd
+import transforms as tf
 from test_coco_data import PERSON, person, write_coco
 
 
@@ -57,7 +58,7 @@ def test_sixteen_bit_images_scale_and_float_or_int32_are_refused(tmp_path):
         rgb = np.asarray(img)
         assert all(np.array_equal(rgb[..., c], expected) for c in range(3)), img_id
     for img_id, name, mode in ((4, "i32.tif", "I"), (5, "f32.tif", "F")):
-        with pytest.raises(cd.BadImageError, match=rf"image id {img_id}: {image_dir / name}: "
+        with pytest.raises(tf.BadImageError, match=rf"image id {img_id}: {image_dir / name}: "
                                                    rf"mode '{mode}'.*convert it to 8 bits"):
             ds.load_image(img_id)
 
@@ -76,11 +77,11 @@ def exif_photo(path, upright, orientation=6):
 def test_exif_orientation_is_applied(tmp_path, orientation):
     upright = Image.fromarray(np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 3)   # 6 wide, 4 high
     exif_photo(tmp_path / "phone.png", upright, orientation)
-    image = cd.read_image(tmp_path / "phone.png")
+    image = tf.read_image(tmp_path / "phone.png")
     assert image.size == (6, 4) and np.array_equal(np.asarray(image), np.asarray(upright))
     assert image.info["orientation"] == orientation
     upright.save(tmp_path / "plain.png")
-    assert cd.read_image(tmp_path / "plain.png").info["orientation"] == 1
+    assert tf.read_image(tmp_path / "plain.png").info["orientation"] == 1
 
 
 def test_the_size_check_names_exif_when_it_explains_a_mismatch(tmp_path):
@@ -93,11 +94,11 @@ def test_the_size_check_names_exif_when_it_explains_a_mismatch(tmp_path):
     ann_file, image_dir = write_coco(tmp_path, data["images"], data["annotations"], data["categories"])
     exif_photo(image_dir / "a.png", upright)
     ds = cd.CocoDataset(ann_file, image_dir, "pose")
-    with pytest.raises(cd.BadImageError, match=r"image id 1: .*a.png is 60x40 once its EXIF orientation 6 is "
+    with pytest.raises(tf.BadImageError, match=r"image id 1: .*a.png is 60x40 once its EXIF orientation 6 is "
                                                r"applied .*the stored pixels are 40x60.*the annotations say 40x60"):
         ds.load_image(1)
     Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(image_dir / "a.png")   # no tag: the plain message
-    with pytest.raises(cd.BadImageError, match=r"a.png is 40x30, the annotations say 40x60") as err:
+    with pytest.raises(tf.BadImageError, match=r"a.png is 40x30, the annotations say 40x60") as err:
         ds.load_image(1)
     assert "EXIF" not in str(err.value)
 
@@ -118,7 +119,7 @@ def test_bad_images_raise_or_skip(tmp_path):
     ds = cd.CocoDataset(ann_file, image_dir, "det", input_size=32)
     for index, (name, img_id) in enumerate([("missing.png", 12), ("garbage.jpg", 13),
                                             ("wrong_size.png", 14), ("truncated.jpg", 15)], start=1):
-        with pytest.raises(cd.BadImageError, match=rf"image id {img_id}:.*{name}"):
+        with pytest.raises(tf.BadImageError, match=rf"image id {img_id}:.*{name}"):
             ds[index]
     skip = cd.CocoDataset(ann_file, image_dir, "det", input_size=32, skip_bad_images=True)
     with pytest.warns(UserWarning, match="skipped a bad image"):

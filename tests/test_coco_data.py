@@ -13,6 +13,7 @@ from PIL import Image
 
 import annotations as an
 import coco_data as cd
+import transforms as tf
 import coco_eval as ce
 import inference
 import synthetic_coco
@@ -172,15 +173,15 @@ def test_affine_round_trip_and_flip_twice():
     rng = np.random.default_rng(1)
     pts = rng.uniform(-50, 700, (100, 2))
     for flip in (False, True):
-        A = cd.affine_matrix(rng.uniform(0, 600, 2), rng.uniform(50, 900), 512, flip)
-        back = cd.apply_affine(cd.apply_affine(pts, A), cd.invert_affine(A))
+        A = tf.affine_matrix(rng.uniform(0, 600, 2), rng.uniform(50, 900), 512, flip)
+        back = tf.apply_affine(tf.apply_affine(pts, A), tf.invert_affine(A))
         assert np.abs(back - pts).max() < 1e-3
-    F = cd.affine_matrix((32, 32), 64, 64, flip=True)                 # pure mirror of a 64 px image
-    assert np.allclose(cd.apply_affine(cd.apply_affine(pts, F), F), pts)
+    F = tf.affine_matrix((32, 32), 64, 64, flip=True)                 # pure mirror of a 64 px image
+    assert np.allclose(tf.apply_affine(tf.apply_affine(pts, F), F), pts)
     img = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
     twice = img
     for _ in range(2):
-        twice = twice.transform((64, 64), Image.AFFINE, tuple(cd.invert_affine(F).ravel()),
+        twice = twice.transform((64, 64), Image.AFFINE, tuple(tf.invert_affine(F).ravel()),
                                 resample=Image.BILINEAR)
     assert np.array_equal(np.asarray(twice), np.asarray(img))
     idx = an.flip_index(COCO_NAMES)
@@ -227,13 +228,13 @@ def test_pil_warp_agrees_with_target_coordinates():
     """A bright pixel covering [x, x+1) lands where apply_affine sends its centre x + 0.5."""
     z = np.zeros((90, 120), np.uint8)
     z[37, 81] = 255
-    A = cd.affine_matrix((55.3, 47.9), 70.0, 256)                     # upsample by 256/70
+    A = tf.affine_matrix((55.3, 47.9), 70.0, 256)                     # upsample by 256/70
     warped = Image.fromarray(z).transform((256, 256), Image.AFFINE,
-                                          tuple(cd.invert_affine(A).ravel()), resample=Image.BILINEAR)
+                                          tuple(tf.invert_affine(A).ravel()), resample=Image.BILINEAR)
     w = np.asarray(warped, np.float64)
     ys, xs = np.mgrid[:256, :256] + 0.5                                # pixel centres
     centroid = np.array([(w * xs).sum(), (w * ys).sum()]) / w.sum()
-    assert np.abs(centroid - cd.apply_affine([81.5, 37.5], A)).max() < 0.05
+    assert np.abs(centroid - tf.apply_affine([81.5, 37.5], A)).max() < 0.05
 
 
 def test_warp_image_equals_full_pil_transform():
@@ -241,20 +242,20 @@ def test_warp_image_equals_full_pil_transform():
     rng = np.random.default_rng(2)
     img = Image.fromarray(rng.integers(0, 256, (70, 100, 3), dtype=np.uint8))
     for t in range(12):
-        A = cd.affine_matrix(rng.uniform(-20, 120, 2), rng.uniform(30, 160), 96, bool(t % 2))
-        full = img.transform((96, 96), Image.AFFINE, tuple(cd.invert_affine(A).ravel()),
+        A = tf.affine_matrix(rng.uniform(-20, 120, 2), rng.uniform(30, 160), 96, bool(t % 2))
+        full = img.transform((96, 96), Image.AFFINE, tuple(tf.invert_affine(A).ravel()),
                              resample=Image.BILINEAR)
-        assert np.array_equal(np.asarray(cd.warp_image(img, A, 96)), np.asarray(full))
+        assert np.array_equal(np.asarray(tf.warp_image(img, A, 96)), np.asarray(full))
 
 
 def test_color_matrix_equals_sequential_official_jitter():
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (50, 3)).astype(np.float64)               # raw RGB pixels
-    P, q = cd.color_matrix(x.mean(0), np.random.default_rng(7))
+    P, q = tf.color_matrix(x.mean(0), np.random.default_rng(7))
     # the official order of operations, one step at a time, with the same draws
     r = np.random.default_rng(7)
     img = x / 255
-    gray = img @ cd.GRAY_RGB
+    gray = img @ tf.GRAY_RGB
     for op in r.permutation(3):
         a = 1 + r.uniform(-0.4, 0.4)
         if op == 0:
@@ -263,16 +264,16 @@ def test_color_matrix_equals_sequential_official_jitter():
             img = img * a + gray.mean() * (1 - a)
         else:
             img = img * a + gray[:, None] * (1 - a)
-    img = img + cd.EIG_VEC_RGB @ (cd.EIG_VAL * r.normal(0, 0.1, 3))
-    expected = (img - cd.MEAN_RGB) / cd.STD_RGB
+    img = img + tf.EIG_VEC_RGB @ (tf.EIG_VAL * r.normal(0, 0.1, 3))
+    expected = (img - tf.MEAN_RGB) / tf.STD_RGB
     assert np.allclose(x @ P.T + q, expected, atol=1e-4)
-    P0, q0 = cd.color_matrix()
-    assert np.allclose(x @ P0.T + q0, (x / 255 - cd.MEAN_RGB) / cd.STD_RGB, atol=1e-5)
+    P0, q0 = tf.color_matrix()
+    assert np.allclose(x @ P0.T + q0, (x / 255 - tf.MEAN_RGB) / tf.STD_RGB, atol=1e-5)
 
 
 def test_augmentation_constants_are_centernets():
     # CenterNet's _eig_val / _eig_vec (BGR rows reversed): the lighting noise of the colour augmentation
-    assert cd.EIG_VAL.tolist() == pytest.approx([0.2141788, 0.01817699, 0.00341571], abs=1e-8)
+    assert tf.EIG_VAL.tolist() == pytest.approx([0.2141788, 0.01817699, 0.00341571], abs=1e-8)
     # the crop scales 0.6 .. 1.3 in steps of 0.1, each the exact decimal (np.arange's 0.7999999999999999
     # would move a joint lying on a cell boundary into the neighbouring cell)
     assert cd.TRAIN_SCALES == tuple(round(0.6 + 0.1 * i, 1) for i in range(8))
@@ -285,9 +286,9 @@ def test_unit_crop_scale_keeps_every_joint_in_its_cell():
     # half-pixel positions of a 128 px image (those on a cell's lower edge) went to the cell below
     s = [s for s in cd.TRAIN_SCALES if round(s, 6) == 1.0]
     assert s == [1.0]
-    A = cd.affine_matrix(np.array([64.0, 64.0]), 128 * s[0], 128)
+    A = tf.affine_matrix(np.array([64.0, 64.0]), 128 * s[0], 128)
     x = np.arange(0, 128, 0.5)
-    got = cd.apply_affine(np.stack([x, x], 1), A)
+    got = tf.apply_affine(np.stack([x, x], 1), A)
     assert (np.floor(got / cd.STRIDE) == np.floor(np.stack([x, x], 1) / cd.STRIDE)).all()
 
 
@@ -392,7 +393,7 @@ def test_flip_keeps_left_wrist_left(tmp_path):
     # out2img undoes the mirror: the flipped sample's left wrist is the original right wrist
     lw = torch.stack([fcx + flipped["hps"][0, 2 * LW],
                       flipped["ind"][0] // W + flipped["hps"][0, 2 * LW + 1]]).double().numpy()
-    assert np.allclose(cd.apply_affine(lw, flipped["out2img"].numpy()), joints["right_wrist"],
+    assert np.allclose(tf.apply_affine(lw, flipped["out2img"].numpy()), joints["right_wrist"],
                        atol=1e-4)
 
 
@@ -453,7 +454,7 @@ def test_workers_get_different_streams(tmp_path):
 def test_to_coco_results_maps_back_and_evaluate_edge_cases(tmp_path):
     ann_file, image_dir = tiny_dataset(tmp_path)
     ds = cd.CocoDataset(ann_file, image_dir, "pose", input_size=128)
-    out2img = torch.from_numpy(cd.invert_affine(cd.affine_matrix((40, 30), 100, 32, flip=True)))
+    out2img = torch.from_numpy(tf.invert_affine(tf.affine_matrix((40, 30), 100, 32, flip=True)))
     det = dict(scores=torch.tensor([[0.123456789]]), classes=torch.zeros(1, 1, dtype=torch.long),
                boxes=torch.tensor([[[4.0, 2.0, 12.0, 10.0]]]), keypoints=torch.full((1, 1, 17, 2), 8.0))
     (r,) = inference.to_coco_results(det, out2img[None], [9], ds.cat_ids, "pose")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import coco_data as cd
+import transforms as tf
 import evaluate
 import mdn_dense as md
 from util import rundir
@@ -116,7 +117,7 @@ def test_a_flipped_figure_contradicts_its_colour_coded_sides(tmp_path):
                 continue
             centre = torch.tensor([s["ind"][0] % W, s["ind"][0] // W], dtype=torch.float32)
             x, y = ((centre + (hps[7] + hps[9]) / 2) * cd.STRIDE).long()   # left forearm, input pixels
-            r, _, b = s["input"][:, y, x].numpy() * cd.STD_RGB + cd.MEAN_RGB
+            r, _, b = s["input"][:, y, x].numpy() * tf.STD_RGB + tf.MEAN_RGB
             votes.append(r > b)
         assert len(votes) >= 10
         warm_left[flip_prob] = np.mean(votes)
