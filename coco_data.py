@@ -379,3 +379,20 @@ class CocoDataset(torch.utils.data.Dataset):
                                  keypoints, self.min_overlap)
         return dict(input=inp, **{k: torch.from_numpy(v) for k, v in targets.items()},
                     image_id=int(img_id), out2img=torch.from_numpy(invert_affine(img2out)))
+
+
+def run_split(train_config, task, split="val", input_size=None):
+    """A run's split rebuilt from the training config its checkpoint stores (a dict or a
+    train.TrainConfig): the annotation file and images train.py used, its OKS sigmas, the
+    deterministic evaluation transform, the train and val splits cut to max_images as
+    training cut them. split: train, val or test. None when the run has no such split (the
+    test split of real data)."""
+    cfg = train_config if isinstance(train_config, dict) else vars(train_config)
+    prefix = {"train": "", "val": "val_", "test": "test_"}[split]
+    if not cfg.get(prefix + "ann"):
+        return None
+    ds = CocoDataset(cfg[prefix + "ann"], cfg[prefix + "images"], task, train=False,
+                     input_size=input_size or cfg["input_size"], oks_sigmas=cfg.get("oks_sigmas"))
+    if cfg.get("max_images") and split != "test":
+        ds.image_ids = ds.image_ids[:cfg["max_images"]]
+    return ds

@@ -240,9 +240,9 @@ def verification_images(state, size, n, seed=0):
     ann, images = cfg.get("val_ann"), cfg.get("val_images")
     task = state["model_config"]["task"]
     if ann and images and Path(ann).is_file() and Path(images).is_dir():
-        from coco_data import CocoDataset
+        from coco_data import run_split
         try:
-            ds = CocoDataset(ann, images, task, train=False, input_size=size, oks_sigmas=cfg.get("oks_sigmas"))
+            ds = run_split(cfg, task, "val", input_size=size)
             n = min(n, len(ds))
             return torch.stack([ds[i]["input"] for i in range(n)]), f"{n} validation images of {ann}"
         except (OSError, ValueError) as e:   # unreadable split: say so and fall back

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from analysis import plots
-from coco_data import CocoDataset
+from coco_data import run_split
 from inference import Inference, network_forward, predict
 from model import load_model
 from util.rundir import read_log
@@ -57,8 +57,7 @@ def main(argv=None):
         runs["base (L1)"] = read_log(args.base)
     plots.convergence(runs, out / "convergence.png", f"Fig. 4: {model.cfg.task}, {model.cfg.arch}")
     cfg = state["train_config"]
-    ann, images = (cfg["test_ann"], cfg["test_images"]) if cfg.get("test_ann") else (cfg["val_ann"], cfg["val_images"])
-    ds = CocoDataset(ann, images, model.cfg.task, input_size=cfg["input_size"], oks_sigmas=cfg.get("oks_sigmas"))
+    ds = run_split(cfg, model.cfg.task, "test") or run_split(cfg, model.cfg.task, "val")
     ds.image_ids = ds.image_ids[:40]                     # enough to pick the examples from
     inference = Inference()
     loader = torch.utils.data.DataLoader(ds, batch_size=8)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import train
-from coco_data import CocoDataset
+from coco_data import run_split
 from inference import Inference, component_rules, evaluate_rows, network_forward, predict
 from model import load_model, read_checkpoint
 from annotations import COCO_PERSON_SKELETON, skeleton_pairs
@@ -65,14 +65,7 @@ def train_config(state):
     return train.TrainConfig(**{k: v for k, v in state["train_config"].items() if k in known})
 
 
-def run_dataset(cfg, task, split="val"):
-    """The run's training or validation split (TrainConfig cfg) with the deterministic
-    evaluation transform, cut to cfg.max_images as training cut it."""
-    ann, images = (cfg.ann, cfg.images) if split == "train" else (cfg.val_ann, cfg.val_images)
-    ds = CocoDataset(ann, images, task, train=False, input_size=cfg.input_size)
-    if cfg.max_images:
-        ds.image_ids = ds.image_ids[:cfg.max_images]
-    return ds
+run_dataset = run_split   # coco_data.run_split: the notebooks' name for it
 
 
 # ----------------------------------------------------------------------------- runs

@@ -469,3 +469,18 @@ def test_to_coco_results_maps_back_and_evaluate_edge_cases(tmp_path):
     results = [r]
     ce.coco_evaluate(ds.coco, results, "pose")
     assert set(results[0]) == {"image_id", "category_id", "bbox", "score", "keypoints"}
+
+
+def test_run_split_rebuilds_a_runs_split_with_its_own_sigmas(tmp_path):
+    # the one function that rebuilds a run's data from its checkpoint's train config: the config's
+    # OKS sigmas win over the COCO default, train / val are cut to max_images, test is not
+    ann, images = synthetic_coco.make_dataset(tmp_path, "figures", "val", 6)
+    sigmas = [0.05 + 0.01 * j for j in range(17)]
+    cfg = dict(ann=str(ann), images=str(images), val_ann=str(ann), val_images=str(images), test_ann=str(ann),
+               test_images=str(images), input_size=64, max_images=4, oks_sigmas=sigmas)
+    for split, n in (("train", 4), ("val", 4), ("test", 6)):
+        ds = cd.run_split(cfg, "pose", split)
+        assert len(ds.image_ids) == n and ds.input_size == 64 and not ds.train
+        assert ds.oks_sigmas.tolist() == pytest.approx(sigmas)
+    assert cd.run_split(dict(cfg, test_ann=""), "pose", "test") is None
+    assert cd.run_split(cfg, "pose", "val", input_size=96).input_size == 96
