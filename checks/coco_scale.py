@@ -17,15 +17,17 @@ and measures:
   evaluation         --eval-checkpoint: evaluate.py end to end on a val2017-size file
 
     python -m checks.coco_scale --workers 2 4 8 --batches 300    # default: det at train2017 size
+    python -m checks.coco_scale --workers 8 --batches 0 --batch-size 64 --input-size 32 --blank-images
+                                                                  # one epoch of records through 8 workers
     python -m checks.coco_scale --task pose --images 118287 --annotations 150000
     python -m checks.coco_scale --eval-checkpoint runs/det_m3/ckpt.pt    # evaluation at val2017 size
+                                                                  # (--task pose for a pose checkpoint)
 
 Linux only (/proc). The generated file lies in --out (default data/coco_scale, ignored by git).
 """
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
