@@ -33,6 +33,7 @@ from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_che
 from util import precision as px
 from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
 from analysis.plots import plot_history
+from util.ema import WeightAverage
 from util.rundir import RunLock, init_from, next_run_folder, resume_state, save_run
 
 @dataclass
@@ -51,6 +52,7 @@ class TrainConfig:
     lr_steps: list = field(default_factory=list)
     lr_schedule: str = "step"       # step (the paper's) | cosine
     warmup: float = 0.0             # epochs of linear warm-up
+    ema: float = 0.0                # decay of the weight average evaluated and saved (0: the last weights)
     loss_weights: dict = field(default_factory=dict)
     flip_prob: float = 0.5
     augment: bool = True           # False: every epoch the same letterboxed images (overfit checks)
@@ -173,7 +175,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     start_epoch, history = 0, []
     if resume:
         state = resume_state(ckpt_path, model_cfg)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("train_model", state["model"]))   # with --ema, "model" is the average
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         if start_epoch >= cfg.epochs and rank == 0:
@@ -185,6 +187,9 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     if cuda:
         torch.backends.cudnn.benchmark = True
     model = model.to(memory_format=px.memory_format(precision))
+    # --ema: the average is what is evaluated and saved as "model"; the trained weights ride along
+    ema = WeightAverage(model, cfg.ema, state["ema"] if resume else None) if cfg.ema else None
+    final = ema.model if ema else model
     net = torch.nn.parallel.DistributedDataParallel(model, [device] if cuda else None) if world > 1 else model
     step_fn = torch.compile(net) if cfg.compile else net
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -206,6 +211,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
                                                      "train": dataclasses.asdict(cfg)}, indent=1))
     # what predict.py needs to draw and flip without the annotation file
     meta = dict(train_config=dataclasses.asdict(cfg), data=train_set.info())
+    extra = lambda: dict(meta, train_model=model.state_dict(), ema=ema.state_dict()) if ema else meta
     stats = None
     last_good = f"{ckpt_path} (after epoch {history[-1]['epoch'] + 1})" if history else "none yet"
     for epoch in range(start_epoch, cfg.epochs):
@@ -232,6 +238,8 @@ def _train(model_cfg, cfg, resume, rank, world, device):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema:
+                ema.update(model)
             parts["total"] = loss.item()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -241,29 +249,29 @@ def _train(model_cfg, cfg, resume, rank, world, device):
                 **{k: v / n for k, v in sums.items()}}
         history.append(line)
         if rank == 0:  # saved before any evaluation: an evaluation error loses no training
-            save_run(out, model, optimizer, epoch, history, last_good, **meta)
+            save_run(out, final, optimizer, epoch, history, last_good, **extra())
             last_good = f"{ckpt_path} (after epoch {epoch + 1})"
         if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch == cfg.epochs - 1:
-            stats = evaluate_model(model, val_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
+            stats = evaluate_model(final, val_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
             if rank == 0:
                 line["AP"] = float(stats["All"][0])
                 if "All+ref" in stats:
                     line["AP_refined"] = float(stats["All+ref"][0])
                 line["AP_components"] = {k: float(v[0]) for k, v in stats.items() if not k.startswith("All")}
-                save_run(out, model, optimizer, epoch, history, last_good, **meta)
+                save_run(out, final, optimizer, epoch, history, last_good, **extra())
         if rank == 0:
             print(f"epoch {epoch + 1}/{cfg.epochs}  loss {line['total']:.4f}  "
                   f"lr {line['lr']:.2e}  {line['time']:.0f}s" + (f"  AP {line['AP']:.3f}" if "AP" in line else ""))
     test_stats = None
     test_set = test_dataset(cfg, model_cfg.task)
     if test_set is not None and start_epoch < cfg.epochs:
-        test_stats = evaluate_model(model, test_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
+        test_stats = evaluate_model(final, test_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
         if rank == 0:
             history[-1]["AP_test"] = float(test_stats["All"][0])
             if "All+ref" in test_stats:
                 history[-1]["AP_test_refined"] = float(test_stats["All+ref"][0])
             history[-1]["AP_test_components"] = {k: float(v[0]) for k, v in test_stats.items() if not k.startswith("All")}
-            save_run(out, model, optimizer, cfg.epochs - 1, history, last_good, **meta)
+            save_run(out, final, optimizer, cfg.epochs - 1, history, last_good, **extra())
     if rank == 0 and history:
         plot_history(history, out / "curves.png", title=f"{model_cfg.task} M={model_cfg.m} {model_cfg.arch}")
     if world > 1:
@@ -357,6 +365,8 @@ def parse_args(argv=None):
     r.add_argument("--init", help="start from the weights of another run's ckpt.pt (fine-tuning; tensors whose "
                                   "name or shape differ, e.g. mixture heads after a --m 0 run, start fresh)")
     r.add_argument("--workers", type=non_negative(int), default=0, help="data-loader worker processes (default 0)")
+    r.add_argument("--ema", type=probability, help="evaluate and save an exponential moving average of the weights "
+                   "with this decay per step, e.g. 0.998 (default: the preset's; 0 = the last weights)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--eval-every", type=non_negative(int), default=0, help="also evaluate every N epochs (default 0: only at the end)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
@@ -377,6 +387,8 @@ def config_from_args(args):
     real = bool(args.data or args.ann)
     if args.init and args.resume:
         raise SystemExit("--init starts a new run from other weights; --resume continues this one: give one")
+    if args.ema == 1:
+        raise SystemExit("--ema 1 would never move from the initial weights: give a decay below 1 (0 = off)")
     if args.sigma_floor is not None and args.m == 0:
         raise SystemExit("--sigma-floor is for the mixture (--m >= 1); the --m 0 base predicts no sigma")
     if (args.val_ann or args.val_images) and not args.ann:
@@ -409,6 +421,7 @@ def config_from_args(args):
                       lr=pick(args.lr, "lr"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
                       lr_schedule=args.lr_schedule or preset.get("lr_schedule", "step"),
                       warmup=args.warmup if args.warmup is not None else preset.get("warmup", 0.0),
+                      ema=args.ema if args.ema is not None else preset.get("ema", 0.0),
                       flip_prob=flip_prob, augment=not args.no_augment, workers=args.workers, seed=args.seed,
                       out=args.out or str(next_run_folder(f"runs/{args.task}_m{args.m}", args.resume)),
                       eval_every=args.eval_every,

@@ -35,7 +35,7 @@ def test_table_and_overhead_line(tmp_path, capsys):
     assert rows[1]["fwd GFLOP/img"] > rows[2]["fwd GFLOP/img"] > rows[0]["fwd GFLOP/img"] > 0
     assert "MDN_3 vs base train-step overhead, small_dla det 128px" in printed
     assert "MDN_3 shared head vs base train-step overhead, small_dla det 128px" in printed
-    assert "bf16 + channels_last vs fp32, small_dla det 3 128 32 cpu: train step x" in printed
+    assert "bf16 vs fp32, small_dla det 3 128 32 cpu: train step x" in printed
 
 
 @pytest.mark.parametrize("task", ["det", "pose"])
