@@ -36,7 +36,7 @@ from decode import decode
 from util import precision as px
 from model import ModelConfig, build_model, default_sigma_floor, head_channels
 from util.ema import WeightAverage
-from util.recipes import PRESETS
+from util.recipes import preset
 
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"
 # The CPU demo's train step before the speedrun preset (fp32 in the contiguous layout, batch
@@ -77,10 +77,10 @@ def synthetic_batch(task, B, size, device, num_classes):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate", precision="fp32",
-              layout=None, ema=0.0):
-    """layout: "contiguous" overrides the precision's memory format; ema: a weight-average decay
-    (its update is part of the step, as in train.py --ema)."""
+def train_step(arch, task, m, size, batch, device, head="separate", precision="fp32", layout=None, ema=0.0):
+    """(step, forward, model) of one configuration. layout: "contiguous" overrides the
+    precision's memory format; ema: a weight-average decay (its update is part of the step,
+    as in train.py --ema)."""
     num_classes = 80 if task == "det" else 1
     model = build_model(ModelConfig(task=task, m=m, arch=arch, num_classes=num_classes, mdn_head=head,
                                     sigma_floor=default_sigma_floor(task, arch))).to(device)
@@ -105,7 +105,13 @@ def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"
     def forward():
         with torch.no_grad(), px.autocast(device, precision):
             model(x)
+    return step, forward, model
 
+
+def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate", precision="fp32",
+              layout=None, ema=0.0):
+    cuda = device.type == "cuda"
+    step, forward, model = train_step(arch, task, m, size, batch, device, head, precision, layout, ema)
     model.train()
     s_train = timed(step, warmup, iters, cuda)
     model.eval()
@@ -115,6 +121,23 @@ def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"
         forward()
     return {"train ms/img": 1000 * s_train / batch, "fwd ms/img": 1000 * s_fwd / batch,
             "FPS": batch / s_fwd, "fwd GFLOP/img": counter.get_total_flops() / batch / 1e9}
+
+
+def row_pair(specs, device, warmup, iters):
+    """Train steps of several configurations timed in turn in one process (step of the first,
+    of the second, ...), so that a change in the machine's load hits them alike: the
+    reliable ratio on a shared machine. -> {"train ms/img": [one per spec]}."""
+    steps = [train_step(device=device, **s)[0] for s in specs]
+    for _ in range(warmup):
+        for step in steps:
+            step()
+    times = [[] for _ in steps]
+    for _ in range(iters):
+        for step, seen in zip(steps, times):
+            t = time.perf_counter()
+            step()
+            seen.append(time.perf_counter() - t)
+    return {"train ms/img": [1000 * statistics.median(t) / s["batch"] for t, s in zip(times, specs)]}
 
 
 def row_decode(task, m, size, device, warmup, iters):
@@ -188,6 +211,8 @@ def run_row(spec):
         res = row_train(spec["arch"], spec["task"], spec["m"], spec["size"], spec["batch"], device, w, it,
                         spec.get("head", "separate"), spec.get("precision", "fp32"), spec.get("layout"),
                         spec.get("ema", 0.0))
+    elif kind == "pair":
+        res = row_pair(spec["specs"], device, w, 2 * it)
     elif kind == "decode":
         res = row_decode(spec["task"], spec["m"], spec["size"], device, w, it)
     elif kind == "infer":   # ~10 ms per image at 128 px: 10x the iterations there
@@ -235,6 +260,9 @@ def rows(args):
     for spec in demo_specs(auto):
         if spec not in specs:
             specs.append(spec)
+    keys = ("arch", "task", "m", "size", "batch", "precision", "layout", "ema")
+    specs.append(dict(kind="pair", arch="small_dla", task="pose", size=128, precision=auto,
+                      specs=[{k: s[k] for k in keys if k in s} for s in demo_specs(auto)]))
     for task in ("det", "pose"):
         specs.append(dict(kind="decode", task=task, m=3, size=512))
         specs.append(dict(kind="loader", task=task, size=512, device="cpu"))
@@ -250,6 +278,8 @@ def rows(args):
 
 
 def row_name(spec):
+    if spec["kind"] == "pair":
+        return f"pair {spec['arch']} {spec['task']} {spec['size']} {spec['precision']}: the pose demo's old and new step"
     return " ".join(str(spec[k]) if k != "ema" else f"ema {spec[k]}"
                     for k in ("kind", "arch", "task", "m", "head", "size", "batch", "device", "precision",
                               "layout", "ema", "backend") if k in spec)
@@ -257,7 +287,7 @@ def row_name(spec):
 
 def demo_specs(precision, device=None):
     """The pose demo's (small_dla, MDN_3) train-step rows: the old recipe, today's preset."""
-    demo = PRESETS["small_dla"]
+    demo = preset("small_dla", "pose")
     where = dict(device=device) if device else {}
     return [dict(kind="train", arch="small_dla", task="pose", size=128, m=3, precision=precision, **where,
                  **{k: v for k, v in r.items() if k != "epochs" and v})
@@ -265,13 +295,22 @@ def demo_specs(precision, device=None):
 
 
 def demo_line(by_name, precision, device):
-    """The pose demo's training, today's preset against the old recipe: per image and per job."""
-    old, new = (by_name.get(row_name(s)) for s in demo_specs(precision, device))
-    if old and new:
-        o, t, epochs = old["train ms/img"], new["train ms/img"], PRESETS["small_dla"]["epochs"]
-        print(f"pose demo train step, today's preset ({new['row'][6:]}) vs the old recipe ({old['row'][6:]}): "
-              f"{t:.1f} against {o:.1f} ms/img (x{o / t:.2f}); its training, {epochs} against "
-              f"{OLD_DEMO['epochs']} epochs: x{o * OLD_DEMO['epochs'] / (t * epochs):.2f}")
+    """The pose demo's training, today's preset against the old recipe: per image and per job,
+    from the interleaved pair row when it ran, else from the two separate rows."""
+    specs = demo_specs(precision, device)
+    pair = [r for n, r in by_name.items() if n.startswith("pair ")]
+    rows_ = [by_name.get(row_name(s)) for s in specs]
+    if pair:
+        (o, t), how = pair[0]["train ms/img"], "interleaved in one process"
+    elif all(rows_):
+        (o, t), how = [r["train ms/img"] for r in rows_], "separate rows"
+    else:
+        return
+    epochs = preset("small_dla", "pose")["epochs"]
+    old, new = (row_name(s)[6:] for s in specs)
+    print(f"pose demo train step, today's preset ({new}) vs the old recipe ({old}), {how}: {t:.1f} against "
+          f"{o:.1f} ms/img (x{o / t:.2f}); its training, {epochs} against {OLD_DEMO['epochs']} epochs: "
+          f"x{o * OLD_DEMO['epochs'] / (t * epochs):.2f}")
 
 
 def main(argv=None):
@@ -301,6 +340,10 @@ def main(argv=None):
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append({"row": name(spec), **res})
+        if spec["kind"] == "pair":   # one line per configuration, timed in turn
+            for sub, ms in zip(spec["specs"], res["train ms/img"]):
+                print(f"{'  interleaved: ' + name(dict(kind='train', **sub, device=spec['device'])):<48}{ms:>20.1f}")
+            continue
         print(f"{name(spec):<48}" + "".join(f"{res[c]:>20.{2 if 'GFLOP' in c else 1}f}" if c in res else f"{'':>20}" for c in cols)
               + (f"  {res['note']}" if "note" in res else ""))
     by_name = {r["row"]: r for r in results}
