@@ -31,7 +31,7 @@ from coco_data import CocoDataset
 from evaluate import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, read_checkpoint
 from util import precision as px
-from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
+from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, lr_at, preset as recipe, schedule
 from analysis.plots import plot_history
 from util.ema import WeightAverage
 from util.rundir import RunLock, init_from, next_run_folder, resume_state, save_run
@@ -307,7 +307,7 @@ def probability(text):
 
 
 def parse_args(argv=None):
-    demo = PRESETS["small_dla"]
+    demo = recipe("small_dla", "pose")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["det", "pose"], default="pose", help="det (boxes, all categories) or pose (person keypoints); default pose")
     p.add_argument("--m", "--mdn", dest="m", type=non_negative(int), default=3,
@@ -327,9 +327,9 @@ def parse_args(argv=None):
                         "keypoint sets other than COCO's 17 whose category has no 'sigmas' list")
     d.add_argument("--max-images", type=non_negative(int), default=0, help="use only the first N images of each split (quick checks; default 0 = all)")
     a = p.add_argument_group(
-        "model and schedule (defaults: the preset of --arch; on the synthetic data small_dla at "
-        f"{demo['input_size']} px, batch {demo['batch_size']}, Adam {demo['lr']}, {demo['epochs']} epochs, "
-        f"lr x0.1 at {demo['lr_steps']})")
+        "model and schedule (defaults: the preset of --arch and --task; on the synthetic data small_dla at "
+        f"{demo['input_size']} px, for pose batch {demo['batch_size']}, Adam {demo['lr']}, {demo['epochs']} epochs, "
+        f"lr x0.1 at {demo['lr_steps']}; detection batch {recipe('small_dla', 'det')['batch_size']}; util/recipes.py)")
     a.add_argument("--arch", choices=list(ARCHS), help="network: hourglass104 / dla34 (paper) or small_hourglass / small_dla (CPU demos). Default: small_dla without --data/--ann, hourglass104 with")
     a.add_argument("--schedule", choices=list(HOURGLASS_SCHEDULES), help="hourglass104 only: 1x / 2x / 3x = 50 / 100 / 150 epochs, lr x0.1 ten epochs before the end (default 1x)")
     a.add_argument("--epochs", type=positive(int), help="epochs (default: the preset's; the preset's lr steps are scaled to it)")
@@ -404,8 +404,8 @@ def config_from_args(args):
         # the synthetic demo's held-out test split (another seed); COCO has none with labels
         test_ann, test_images = ("", "") if args.data else dataset_paths(args.task, "test")
     arch = args.arch or ("hourglass104" if real else "small_dla")
-    preset = PRESETS[arch]
-    epochs, lr_steps = schedule(arch, args.schedule, args.epochs, args.lr_steps)
+    preset = recipe(arch, args.task)
+    epochs, lr_steps = schedule(arch, args.schedule, args.epochs, args.lr_steps, args.task)
     # A flip must give an image the data could contain. Real people and the synthetic shapes
     # are mirror-symmetric; the synthetic figures are not (warm colours mark the left side).
     flip_prob = args.flip_prob if args.flip_prob is not None else 0.0 if not real and args.task == "pose" else 0.5
