@@ -188,7 +188,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
         torch.backends.cudnn.benchmark = True
     model = model.to(memory_format=px.memory_format(precision))
     # --ema: the average is what is evaluated and saved as "model"; the trained weights ride along
-    ema = WeightAverage(model, cfg.ema, state["ema"] if resume else None) if cfg.ema else None
+    ema = WeightAverage(model, cfg.ema, state.get("ema") if resume else None) if cfg.ema else None
     final = ema.model if ema else model
     net = torch.nn.parallel.DistributedDataParallel(model, [device] if cuda else None) if world > 1 else model
     step_fn = torch.compile(net) if cfg.compile else net
