@@ -36,8 +36,13 @@ from decode import decode
 from util import precision as px
 from model import ModelConfig, build_model, default_sigma_floor, head_channels
 from annotations import COCO_PERSON_SIGMAS
+from util.ema import WeightAverage
+from util.recipes import preset
 
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"
+# The CPU demo's train step before the speedrun preset (fp32 in the contiguous layout, batch
+# 32, 20 epochs, no weight average), timed beside today's preset in the same command.
+OLD_DEMO = dict(batch=32, epochs=20, layout="contiguous", ema=0.0)
 
 
 def timed(fn, warmup, iters, cuda):
@@ -73,14 +78,19 @@ def synthetic_batch(task, B, size, device, num_classes):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate", precision="fp32"):
+def train_step(arch, task, m, size, batch, device, head="separate", precision="fp32", layout=None, ema=0.0):
+    """(step, forward, model) of one configuration. layout: "contiguous" overrides the
+    precision's memory format; ema: a weight-average decay (its update is part of the step,
+    as in train.py --ema)."""
     num_classes = 80 if task == "det" else 1
     model = build_model(ModelConfig(task=task, m=m, arch=arch, num_classes=num_classes, mdn_head=head,
                                     sigma_floor=default_sigma_floor(task, arch))).to(device)
     cuda = device.type == "cuda"
-    model = model.to(memory_format=px.memory_format(precision))
+    fmt = torch.contiguous_format if layout == "contiguous" else px.memory_format(precision)
+    model = model.to(memory_format=fmt)
+    average = WeightAverage(model, ema) if ema else None
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=px.memory_format(precision))
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     targets = synthetic_batch(task, batch, size, device, num_classes)
 
     def step():
@@ -90,11 +100,19 @@ def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average:
+            average.update(model)
 
     def forward():
         with torch.no_grad(), px.autocast(device, precision):
             model(x)
+    return step, forward, model
 
+
+def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate", precision="fp32",
+              layout=None, ema=0.0):
+    cuda = device.type == "cuda"
+    step, forward, model = train_step(arch, task, m, size, batch, device, head, precision, layout, ema)
     model.train()
     s_train = timed(step, warmup, iters, cuda)
     model.eval()
@@ -104,6 +122,23 @@ def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"
         forward()
     return {"train ms/img": 1000 * s_train / batch, "fwd ms/img": 1000 * s_fwd / batch,
             "FPS": batch / s_fwd, "fwd GFLOP/img": counter.get_total_flops() / batch / 1e9}
+
+
+def row_pair(specs, device, warmup, iters):
+    """Train steps of several configurations timed in turn in one process (step of the first,
+    of the second, ...), so that a change in the machine's load hits them alike: the
+    reliable ratio on a shared machine. -> {"train ms/img": [one per spec]}."""
+    steps = [train_step(device=device, **s)[0] for s in specs]
+    for _ in range(warmup):
+        for step in steps:
+            step()
+    times = [[] for _ in steps]
+    for _ in range(iters):
+        for step, seen in zip(steps, times):
+            t = time.perf_counter()
+            step()
+            seen.append(time.perf_counter() - t)
+    return {"train ms/img": [1000 * statistics.median(t) / s["batch"] for t, s in zip(times, specs)]}
 
 
 def row_decode(task, m, size, device, warmup, iters):
@@ -175,7 +210,10 @@ def run_row(spec):
     kind, w, it = spec["kind"], spec["warmup"], spec["iters"]
     if kind == "train":
         res = row_train(spec["arch"], spec["task"], spec["m"], spec["size"], spec["batch"], device, w, it,
-                        spec.get("head", "separate"), spec.get("precision", "fp32"))
+                        spec.get("head", "separate"), spec.get("precision", "fp32"), spec.get("layout"),
+                        spec.get("ema", 0.0))
+    elif kind == "pair":
+        res = row_pair(spec["specs"], device, w, 2 * it)
     elif kind == "decode":
         res = row_decode(spec["task"], spec["m"], spec["size"], device, w, it)
     elif kind == "infer":   # ~10 ms per image at 128 px: 10x the iterations there
@@ -219,6 +257,13 @@ def rows(args):
             spec = dict(kind="train", arch=arch, task=task, size=size, batch=b, m=3, precision=prec)
             if spec not in specs:
                 specs.append(spec)
+    # The demo job's train step: the old recipe and today's preset, side by side
+    for spec in demo_specs(auto):
+        if spec not in specs:
+            specs.append(spec)
+    keys = ("arch", "task", "m", "size", "batch", "precision", "layout", "ema")
+    specs.append(dict(kind="pair", arch="small_dla", task="pose", size=128, precision=auto,
+                      specs=[{k: s[k] for k in keys if k in s} for s in demo_specs(auto)]))
     for task in ("det", "pose"):
         specs.append(dict(kind="decode", task=task, m=3, size=512))
         specs.append(dict(kind="loader", task=task, size=512, device="cpu"))
@@ -233,6 +278,42 @@ def rows(args):
     return specs
 
 
+def row_name(spec):
+    if spec["kind"] == "pair":
+        return f"pair {spec['arch']} {spec['task']} {spec['size']} {spec['precision']}: the pose demo's old and new step"
+    return " ".join(str(spec[k]) if k != "ema" else f"ema {spec[k]}"
+                    for k in ("kind", "arch", "task", "m", "head", "size", "batch", "device", "precision",
+                              "layout", "ema", "backend") if k in spec)
+
+
+def demo_specs(precision, device=None):
+    """The pose demo's (small_dla, MDN_3) train-step rows: the old recipe, today's preset."""
+    demo = preset("small_dla", "pose")
+    where = dict(device=device) if device else {}
+    return [dict(kind="train", arch="small_dla", task="pose", size=128, m=3, precision=precision, **where,
+                 **{k: v for k, v in r.items() if k != "epochs" and v})
+            for r in (OLD_DEMO, dict(batch=demo["batch_size"], ema=demo.get("ema", 0.0)))]
+
+
+def demo_line(by_name, precision, device):
+    """The pose demo's training, today's preset against the old recipe: per image and per job,
+    from the interleaved pair row when it ran, else from the two separate rows."""
+    specs = demo_specs(precision, device)
+    pair = [r for n, r in by_name.items() if n.startswith("pair ")]
+    rows_ = [by_name.get(row_name(s)) for s in specs]
+    if pair:
+        (o, t), how = pair[0]["train ms/img"], "interleaved in one process"
+    elif all(rows_):
+        (o, t), how = [r["train ms/img"] for r in rows_], "separate rows"
+    else:
+        return
+    epochs = preset("small_dla", "pose")["epochs"]
+    old, new = (row_name(s)[6:] for s in specs)
+    print(f"pose demo train step, today's preset ({new}) vs the old recipe ({old}), {how}: {t:.1f} against "
+          f"{o:.1f} ms/img (x{o / t:.2f}); its training, {epochs} against {OLD_DEMO['epochs']} epochs: "
+          f"x{o * OLD_DEMO['epochs'] / (t * epochs):.2f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when available)")
@@ -243,8 +324,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.row:
         return run_row(json.loads(args.row))
-    name = lambda s: " ".join(str(s[k]) for k in ("kind", "arch", "task", "m", "head", "size", "batch", "device",
-                                                  "precision", "backend") if k in s)
+    name = row_name
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           + (torch.cuda.get_device_name() if args.device == "cuda" else "CPU") + f", {torch.get_num_threads()} threads")
     cols = ["train ms/img", "fwd ms/img", "fwd GFLOP/img", "FPS", "decode ms/img", "fwd+decode ms/img",
@@ -261,6 +341,10 @@ def main(argv=None):
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results.append({"row": name(spec), **res})
+        if spec["kind"] == "pair":   # one line per configuration, timed in turn
+            for sub, ms in zip(spec["specs"], res["train ms/img"]):
+                print(f"{'  interleaved: ' + name(dict(kind='train', **sub, device=spec['device'])):<48}{ms:>20.1f}")
+            continue
         print(f"{name(spec):<48}" + "".join(f"{res[c]:>20.{2 if 'GFLOP' in c else 1}f}" if c in res else f"{'':>20}" for c in cols)
               + (f"  {res['note']}" if "note" in res else ""))
     by_name = {r["row"]: r for r in results}
@@ -280,7 +364,7 @@ def main(argv=None):
     for n, r in by_name.items():
         if n.startswith("train ") and n.endswith(" bf16") and n[:-4] + "fp32" in by_name:
             f = by_name[n[:-4] + "fp32"]
-            print(f"bf16 + channels_last vs fp32, {n[6:-5]}: train step x{f['train ms/img'] / r['train ms/img']:.2f}, "
+            print(f"bf16 vs fp32, {n[6:-5]}: train step x{f['train ms/img'] / r['train ms/img']:.2f}, "
                   f"forward x{f['fwd ms/img'] / r['fwd ms/img']:.2f}")
     for n, r in by_name.items():
         if n.startswith("infer ") and n.endswith(" fp32 onnx") and "FPS" in r:
@@ -288,6 +372,7 @@ def main(argv=None):
             vs = [(p, by_name[f"{base} {p} torch"]) for p in ("fp32", "bf16") if "FPS" in by_name.get(f"{base} {p} torch", {})]
             print(f"onnxruntime vs PyTorch eager, {base[6:]} forward + decode: "
                   + ", ".join(f"x{r['FPS'] / t['FPS']:.2f} of {p}" for p, t in vs))
+    demo_line(by_name, px.resolve("auto", torch.device(args.device)), args.device)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

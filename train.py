@@ -34,8 +34,9 @@ from model import ARCHS, ModelConfig, build_model, default_sigma_floor, load_bac
 from transforms import BadImageError
 from util import precision as px
 from util.flags import non_negative, positive, probability
-from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, PRESETS, lr_at, schedule
+from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, lr_at, preset as recipe, schedule
 from analysis.plots import plot_history
+from util.ema import WeightAverage
 from util.weights import is_hub_name
 from util.rundir import (RunLock, check_run_folder, init_from, last_good_checkpoint, next_run_folder, resume_state,
                          run_name, save_run, stop_on_signals)
@@ -56,6 +57,7 @@ class TrainConfig:
     lr_steps: list = field(default_factory=list)
     lr_schedule: str = "step"       # step (the paper's) | cosine
     warmup: float = 0.0             # epochs of linear warm-up
+    ema: float = 0.0                # decay of the weight average evaluated and saved (0: the last weights)
     loss_weights: dict = field(default_factory=dict)
     flip_prob: float = 0.5
     augment: bool = True           # False: every epoch the same letterboxed images (overfit checks)
@@ -204,7 +206,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     start_epoch, history = 0, []
     if resume:
         state = resume_state(ckpt_path, model_cfg)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("train_model", state["model"]))   # with --ema, "model" is the average
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         if start_epoch >= cfg.epochs and rank == 0:
@@ -217,6 +219,9 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     if cuda:
         torch.backends.cudnn.benchmark = True
     model = model.to(memory_format=px.memory_format(precision))
+    # --ema: the average is what is evaluated and saved as "model"; the trained weights ride along
+    ema = WeightAverage(model, cfg.ema, state.get("ema") if resume else None) if cfg.ema else None
+    final = ema.model if ema else model
     net = torch.nn.parallel.DistributedDataParallel(model, [device] if cuda else None) if world > 1 else model
     step_fn = torch.compile(net) if cfg.compile else net
     sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -240,17 +245,18 @@ def _train(model_cfg, cfg, resume, rank, world, device):
                                                      "train": dataclasses.asdict(cfg)}, indent=1))
     # what predict.py needs to draw and flip without the annotation file
     meta = dict(train_config=dataclasses.asdict(cfg), data=train_set.info())
+    extra = lambda: dict(meta, train_model=model.state_dict(), ema=ema.state_dict()) if ema else meta
     stats = None
     last_good = f"{ckpt_path} (after epoch {history[-1]['epoch'] + 1})" if history else "none yet"
 
     def evaluate_and_save(epoch, line):
-        stats = evaluate_model(model, val_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
+        stats = evaluate_model(final, val_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
         if rank == 0:
             line["AP"] = float(stats["All"][0])
             if "All+ref" in stats:
                 line["AP_refined"] = float(stats["All+ref"][0])
             line["AP_components"] = {k: float(v[0]) for k, v in stats.items() if not k.startswith("All")}
-            save_run(out, model, optimizer, epoch, history, last_good, **meta)
+            save_run(out, final, optimizer, epoch, history, last_good, **extra())
         return stats
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -277,6 +283,8 @@ def _train(model_cfg, cfg, resume, rank, world, device):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema:
+                ema.update(model)
             parts["total"] = loss.item()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -286,7 +294,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
                 **{k: v / n for k, v in sums.items()}}
         history.append(line)
         if rank == 0:  # saved before any evaluation: an evaluation error loses no training
-            save_run(out, model, optimizer, epoch, history, last_good, **meta)
+            save_run(out, final, optimizer, epoch, history, last_good, **extra())
             last_good = f"{ckpt_path} (after epoch {epoch + 1})"
         if (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0) or epoch == cfg.epochs - 1:
             stats = evaluate_and_save(epoch, line)
@@ -298,13 +306,13 @@ def _train(model_cfg, cfg, resume, rank, world, device):
     test_stats = None
     test_set = test_dataset(cfg, model_cfg.task)
     if test_set is not None and "AP_test" not in history[-1]:
-        test_stats = evaluate_model(model, test_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
+        test_stats = evaluate_model(final, test_set, cfg, rank, world, device, progress=rank == 0 and sys.stderr.isatty())
         if rank == 0:
             history[-1]["AP_test"] = float(test_stats["All"][0])
             if "All+ref" in test_stats:
                 history[-1]["AP_test_refined"] = float(test_stats["All+ref"][0])
             history[-1]["AP_test_components"] = {k: float(v[0]) for k, v in test_stats.items() if not k.startswith("All")}
-            save_run(out, model, optimizer, cfg.epochs - 1, history, last_good, **meta)
+            save_run(out, final, optimizer, cfg.epochs - 1, history, last_good, **extra())
     if rank == 0 and history:
         plot_history(history, out / "curves.png", title=f"{model_cfg.task} M={model_cfg.m} {model_cfg.arch}")
     if world > 1:
@@ -314,7 +322,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
 
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv=None):
-    demo = PRESETS["small_dla"]
+    demo = recipe("small_dla", "pose")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=["det", "pose"], default="pose", help="det (boxes, all categories) or pose (person keypoints); default pose")
     p.add_argument("--m", "--mdn", dest="m", type=non_negative(int), default=3,
@@ -334,9 +342,9 @@ def parse_args(argv=None):
                         "keypoint sets other than COCO's 17 whose category has no 'sigmas' list")
     d.add_argument("--max-images", type=non_negative(int), default=0, help="use only the first N images of each split (quick checks; default 0 = all)")
     a = p.add_argument_group(
-        "model and schedule (defaults: the preset of --arch; on the synthetic data small_dla at "
-        f"{demo['input_size']} px, batch {demo['batch_size']}, Adam {demo['lr']}, {demo['epochs']} epochs, "
-        f"lr x0.1 at {demo['lr_steps']})")
+        "model and schedule (defaults: the preset of --arch and --task; on the synthetic data small_dla at "
+        f"{demo['input_size']} px, for pose batch {demo['batch_size']}, Adam {demo['lr']}, {demo['epochs']} epochs, "
+        f"lr x0.1 at {demo['lr_steps']}; detection batch {recipe('small_dla', 'det')['batch_size']}; util/recipes.py)")
     a.add_argument("--arch", choices=list(ARCHS), help="network: hourglass104 / dla34 (paper) or small_hourglass / small_dla (CPU demos). Default: small_dla without --data/--ann, hourglass104 with")
     a.add_argument("--schedule", choices=list(HOURGLASS_SCHEDULES), help="hourglass104 only: 1x / 2x / 3x = 50 / 100 / 150 epochs, lr x0.1 ten epochs before the end (default 1x)")
     a.add_argument("--epochs", type=positive(int), help="epochs (default: the preset's; the preset's lr steps are scaled to it)")
@@ -381,6 +389,8 @@ def parse_args(argv=None):
                         "this project feeds RGB with CenterNet's COCO mean (0.470, 0.447, 0.408) and std "
                         "(0.278, 0.274, 0.289), as the official code does (in BGR), and fine-tuning absorbs it")
     r.add_argument("--workers", type=non_negative(int), default=0, help="data-loader worker processes (default 0)")
+    r.add_argument("--ema", type=probability, help="evaluate and save an exponential moving average of the weights "
+                   "with this decay per step, e.g. 0.998 (default: the preset's; 0 = the last weights)")
     r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     r.add_argument("--eval-every", type=non_negative(int), default=0, help="also evaluate every N epochs (default 0: only at the end)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
@@ -408,6 +418,8 @@ def config_from_args(args):
                                                            or Path(args.backbone_weights).is_file()):
         raise SystemExit(f"--backbone-weights {args.backbone_weights}: no such file (nor a hub name "
                          f"such as timm/dla34.in1k)")
+    if args.ema == 1:
+        raise SystemExit("--ema 1 would never move from the initial weights: give a decay below 1 (0 = off)")
     if args.sigma_floor is not None and args.m == 0:
         raise SystemExit("--sigma-floor is for the mixture (--m >= 1); the --m 0 base predicts no sigma")
     if (args.val_ann or args.val_images) and not args.ann:
@@ -424,8 +436,8 @@ def config_from_args(args):
         # the synthetic demo's held-out test split (another seed); COCO has none with labels
         test_ann, test_images = ("", "") if args.data else demo["test"]
     arch = args.arch or ("hourglass104" if real else "small_dla")
-    preset = PRESETS[arch]
-    epochs, lr_steps = schedule(arch, args.schedule, args.epochs, args.lr_steps)
+    preset = recipe(arch, args.task)
+    epochs, lr_steps = schedule(arch, args.schedule, args.epochs, args.lr_steps, args.task)
     # A flip must give an image the data could contain. Real people and the synthetic shapes
     # are mirror-symmetric; the synthetic figures are not (warm colours mark the left side).
     flip_prob = args.flip_prob if args.flip_prob is not None else 0.0 if not real and args.task == "pose" else 0.5
@@ -445,6 +457,7 @@ def config_from_args(args):
                       lr=pick(args.lr, "lr"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
                       lr_schedule=args.lr_schedule or preset.get("lr_schedule", "step"),
                       warmup=args.warmup if args.warmup is not None else preset.get("warmup", 0.0),
+                      ema=args.ema if args.ema is not None else preset.get("ema", 0.0),
                       flip_prob=flip_prob, augment=not args.no_augment, workers=args.workers, seed=args.seed,
                       out=args.out or str(next_run_folder(Path("runs") / run_name(args.task, args.m), args.resume)),
                       eval_every=args.eval_every,

@@ -35,7 +35,19 @@ def test_table_and_overhead_line(tmp_path, capsys):
     assert rows[1]["fwd GFLOP/img"] > rows[2]["fwd GFLOP/img"] > rows[0]["fwd GFLOP/img"] > 0
     assert "MDN_3 vs base train-step overhead, small_dla det 128px" in printed
     assert "MDN_3 shared head vs base train-step overhead, small_dla det 128px" in printed
-    assert "bf16 + channels_last vs fp32, small_dla det 3 128 32 cpu: train step x" in printed
+    assert "bf16 vs fp32, small_dla det 3 128 32 cpu: train step x" in printed
+
+
+def test_the_pose_demo_old_and_new_steps_are_timed_in_turn(capsys):
+    """The pair row times the old recipe's step and today's preset's in one process and
+    prints both, and the per-job ratio (per image x epochs)."""
+    bench.main(["--quick", "--only", "pair small_dla pose"])
+    printed = capsys.readouterr().out
+    old, new = bench.demo_specs(px.resolve("auto", torch.device("cpu")), "cpu")
+    assert "contiguous" in bench.row_name(old) and old["batch"] == bench.OLD_DEMO["batch"]
+    for spec in (old, new):
+        assert f"interleaved: {bench.row_name(spec)}" in printed
+    assert "pose demo train step, today's preset" in printed and "interleaved in one process" in printed
 
 
 @pytest.mark.parametrize("task", ["det", "pose"])

@@ -69,3 +69,28 @@ def test_heads_emit_float32_under_bf16_autocast():
     assert all(v.dtype == torch.float32 for v in out.values()), {k: v.dtype for k, v in out.items()}
     hps = out["hps"]
     assert (hps - hps.to(torch.bfloat16).float()).abs().max() > 1e-3   # finer than bf16 can hold there
+
+
+def test_fp32_trains_in_channels_last_and_the_layout_does_not_change_a_step(tmp_path):
+    """channels_last is only a layout: an fp32 train step's loss and gradients are the
+    contiguous layout's up to float rounding (other kernels, other summation order). The
+    early layers' gradients amplify rounding (batch statistics over 4 images): an input
+    scaled by 1 + 1e-7 moves them by about 2 % in norm, so that is the tolerance, where a
+    wrong layout would be off by order 1."""
+    assert px.memory_format("fp32") == torch.channels_last
+    ann, images = make_dataset(tmp_path, "pose", "train", 4)
+    ds = CocoDataset(ann, images, "pose", train=True, input_size=64)
+    torch.manual_seed(0)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(task="pose", m=3, sigma_floor=9.0)).train()
+    runs = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model = copy.deepcopy(net).to(memory_format=fmt)
+        loss, _ = md.total_loss(model(batch["input"].contiguous(memory_format=fmt)), batch, kpt_scale=an.COCO_PERSON_SIGMAS)
+        loss.backward()
+        runs.append((loss.item(), {k: p.grad for k, p in model.named_parameters()}))
+    (a, ga), (b, gb) = runs
+    assert a == pytest.approx(b, rel=1e-5)
+    for k in ga:
+        assert (ga[k] - gb[k]).norm() <= 0.05 * ga[k].norm(), k

@@ -1,7 +1,8 @@
 """Which number format the network runs in, on CUDA and on the CPU people have.
 
 `--precision auto` (the default of train.py, evaluate.py and predict.py) is bf16 autocast
-with channels_last memory on a CUDA GPU with bf16 support and **fp32 on the CPU**.
+on a CUDA GPU with bf16 support and **fp32 on the CPU**; the memory layout is channels_last
+in both (memory_format).
 `--precision bf16` on a CPU with AVX512-BF16 or AMX-BF16 (cpu_has_native_bf16) is about
 1.4x faster per train step there (bench.py, small_dla pose), but it is opt-in: measured on the
 2-core dev machine (RESULTS.md, 2026-12-01, three seeds of 20 epochs each), bf16 gave pose
@@ -49,8 +50,10 @@ def autocast(device, precision):
 
 
 def memory_format(precision):
-    """channels_last for bf16 (the layout oneDNN's and cuDNN's fast bf16 kernels want)."""
-    return torch.channels_last if precision == "bf16" else torch.contiguous_format
+    """channels_last in every precision: the layout oneDNN's (CPU) and cuDNN's fast convolution
+    kernels want; on the CPU it speeds up fp32 training as well (bench.py's layout rows). The
+    argument is kept so that a precision could choose another layout."""
+    return torch.channels_last
 
 
 def describe(device, precision):
@@ -58,4 +61,4 @@ def describe(device, precision):
     n = torch.get_num_threads()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {n} thread{'s' * (n != 1)}{', native bf16' if cpu_has_native_bf16() else ''}"
-    return f"{device.type} ({where}), {precision}" + (" autocast + channels_last" if precision == "bf16" else "")
+    return f"{device.type} ({where}), {precision}" + (" autocast" if precision == "bf16" else "") + " + channels_last"

@@ -1,0 +1,27 @@
+"""util/recipes.py: the per-task presets reach train.py's defaults, and flags still win."""
+import pytest
+
+import train
+from util.recipes import PRESETS, TASK_PRESETS, preset, schedule
+
+
+def test_task_overrides_apply_to_their_task_only():
+    pose, det = preset("small_dla", "pose"), preset("small_dla", "det")
+    assert det == PRESETS["small_dla"] and preset("small_dla") == PRESETS["small_dla"]
+    assert pose == {**PRESETS["small_dla"], **TASK_PRESETS["small_dla", "pose"]} != det
+    assert schedule("small_dla", None, None, None, "pose") == (pose["epochs"], pose["lr_steps"])
+    # --epochs scales the task preset's steps, as it does the architecture's
+    e = 2 * pose["epochs"]
+    assert schedule("small_dla", None, e, None, "pose")[1] == [2 * s for s in pose["lr_steps"]]
+
+
+@pytest.mark.parametrize("task", ["pose", "det"])
+def test_train_defaults_are_the_task_preset_and_flags_win(task, tmp_path):
+    data = ["--ann", str(tmp_path / "a.json"), "--images", str(tmp_path), "--arch", "small_dla", "--task", task]
+    _, cfg = train.config_from_args(train.parse_args(data + ["--out", str(tmp_path / "r")]))
+    want = preset("small_dla", task)
+    assert (cfg.batch_size, cfg.epochs, cfg.lr_steps, cfg.lr, cfg.ema) == (
+        want["batch_size"], want["epochs"], want["lr_steps"], want["lr"], want.get("ema", 0.0))
+    _, cfg = train.config_from_args(train.parse_args(data + ["--out", str(tmp_path / "r"), "--batch-size", "4",
+                                                            "--ema", "0", "--epochs", "3", "--lr-steps", "2"]))
+    assert (cfg.batch_size, cfg.ema, cfg.epochs, cfg.lr_steps) == (4, 0.0, 3, [2])
