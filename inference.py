@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from coco_data import STRIDE
@@ -310,6 +311,39 @@ def format_table(stats, task, title="", label="Comp.", delta=None):
         lines.append(f"{row:<{width}}" + "".join(f"{100 * s[i]:8.1f}" if s[i] >= 0 else f"{'-':>8}" for i in range(len(names)))
                      + (f"{100 * (s[0] - stats[delta][0]):+8.1f}" if delta else ""))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- during training
+def evaluate_model(model, val, cfg, rank, world, device, progress):
+    """train.py's evaluations: COCO AP of the full model and of each component on the
+    CocoDataset val (cfg: a train.TrainConfig, for its workers and precision). Every rank
+    infers a shard, rank 0 evaluates the gathered results (de-duplicated: the sampler pads).
+
+    Pose adds the row "All+ref": the max component with CenterNet's hm_hp refinement (the
+    default of CenterNet's pose test, the "refined" rows of Table 7); "All" is unrefined."""
+    rows = component_rules(model.cfg.m)
+    sampler = torch.utils.data.DistributedSampler(val, world, rank, shuffle=False)
+    loader = torch.utils.data.DataLoader(val, batch_size=16, sampler=sampler, num_workers=cfg.workers)
+    if model.cfg.task == "pose":
+        rows = {"All": rows.pop("All"), "All+ref": ("max", True), **rows}
+    inference = Inference(rules=tuple(rows.values()), precision=px.resolve(cfg.precision, device))
+    model.eval()
+    results = predict(network_forward(model, device, inference), loader, val.cat_ids, inference, progress)
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, results)
+        results = {rule: [r for part in gathered for r in part[rule]] for rule in results}
+    if rank != 0:
+        return None
+    for rule, res in results.items():  # padded duplicates carry identical detections
+        seen, unique = set(), []
+        for r in res:
+            key = (r["image_id"], r["score"], tuple(r["bbox"]))
+            if key not in seen:
+                seen.add(key)
+                unique.append(r)
+        results[rule] = unique
+    return evaluate_rows(val.coco, results, rows, model.cfg.task, val.image_ids, val.oks_sigmas)
 
 
 # ----------------------------------------------------------------------------- multi-scale test

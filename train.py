@@ -28,8 +28,8 @@ from tqdm import tqdm
 import mdn_dense as md
 import synthetic_coco
 from annotations import dataset_paths
-from coco_data import CocoDataset
-from inference import Inference, component_rules, evaluate_rows, format_table, network_forward, predict
+from coco_data import CocoDataset, run_split
+from inference import evaluate_model, format_table
 from model import ARCHS, ModelConfig, build_model, default_sigma_floor, load_backbone_weights, read_checkpoint
 from transforms import BadImageError
 from util import precision as px
@@ -88,11 +88,8 @@ def setup_distributed():
 
 def test_dataset(cfg, task):
     """The held-out split (None without one): built like the validation split."""
-    if not cfg.test_ann:
-        return None
     try:
-        return CocoDataset(cfg.test_ann, cfg.test_images, task, train=False, input_size=cfg.input_size,
-                           oks_sigmas=cfg.oks_sigmas)
+        return run_split(cfg, task, "test")
     except (ValueError, OSError) as e:
         raise SystemExit(str(e)) from None
 
@@ -105,8 +102,7 @@ def datasets(cfg, task):
     try:
         train = CocoDataset(cfg.ann, cfg.images, task, train=True, input_size=cfg.input_size,
                             oks_sigmas=cfg.oks_sigmas, **augmentation)
-        val = CocoDataset(cfg.val_ann, cfg.val_images, task, train=False, input_size=cfg.input_size,
-                          oks_sigmas=cfg.oks_sigmas)
+        val = run_split(cfg, task, "val")                     # cut to max_images there
     except (ValueError, OSError) as e:       # a bad annotation file: its own message names it
         raise SystemExit(str(e)) from None
     for ds in (train, val):
@@ -116,40 +112,7 @@ def datasets(cfg, task):
                              f"--oks-sigmas with {ds.num_joints} values or a 'sigmas' list in the category")
     if cfg.max_images:
         train.image_ids = train.image_ids[:cfg.max_images]
-        val.image_ids = val.image_ids[:cfg.max_images]
     return train, val
-
-
-# ----------------------------------------------------------------------------- evaluation
-def evaluate_model(model, val, cfg, rank, world, device, progress):
-    """COCO AP of the full model and of each component; every rank infers a shard, rank 0
-    evaluates the gathered results (de-duplicated by image id: the sampler pads).
-
-    Pose adds the row "All+ref": the max component with CenterNet's hm_hp refinement (the
-    default of CenterNet's pose test, the "refined" rows of Table 7); "All" is unrefined."""
-    rows = component_rules(model.cfg.m)
-    sampler = torch.utils.data.DistributedSampler(val, world, rank, shuffle=False)
-    loader = torch.utils.data.DataLoader(val, batch_size=16, sampler=sampler, num_workers=cfg.workers)
-    if model.cfg.task == "pose":
-        rows = {"All": rows.pop("All"), "All+ref": ("max", True), **rows}
-    inference = Inference(rules=tuple(rows.values()), precision=px.resolve(cfg.precision, device))
-    model.eval()
-    results = predict(network_forward(model, device, inference), loader, val.cat_ids, inference, progress)
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, results)
-        results = {rule: [r for part in gathered for r in part[rule]] for rule in results}
-    if rank != 0:
-        return None
-    for rule, res in results.items():  # padded duplicates carry identical detections
-        seen, unique = set(), []
-        for r in res:
-            key = (r["image_id"], r["score"], tuple(r["bbox"]))
-            if key not in seen:
-                seen.add(key)
-                unique.append(r)
-        results[rule] = unique
-    return evaluate_rows(val.coco, results, rows, model.cfg.task, val.image_ids, val.oks_sigmas)
 
 
 # ----------------------------------------------------------------------------- training
