@@ -3,14 +3,12 @@
 `--precision auto` (the default of train.py, evaluate.py and predict.py) is bf16 autocast
 on a CUDA GPU with bf16 support and **fp32 on the CPU**; the memory layout is channels_last
 in both (memory_format).
-`--precision bf16` on a CPU with AVX512-BF16 or AMX-BF16 (cpu_has_native_bf16) is about
-1.4x faster per train step there (bench.py, small_dla pose), but it is opt-in: measured on the
-2-core dev machine (RESULTS.md, 2026-12-01, three seeds of 20 epochs each), bf16 gave pose
-MDN_3 and both L1 bases the same test AP as fp32 within the seed spread (pose MDN_3 42.4 +- 3.1
-against 41.7 +- 2.6), but cost detection MDN_3 5.3 AP (34.4 +- 2.8 against 39.7 +- 4.3). On
-CUDA the same question is open (not measured: no GPU in these sessions). The losses stay
-in float32 whatever the network runs in (mdn_dense computes them outside autocast), and
-every head's last layer runs in float32 (model.Heads).
+`--precision bf16` on a CPU with AVX512-BF16 or AMX-BF16 (cpu_has_native_bf16) is faster
+per train step (bench.py prints the ratio), but it is opt-in there: over three seeds it kept
+pose MDN_3 and the L1 bases within the seed spread of fp32 but cost detection MDN_3 several AP
+(RESULTS.md, "Precision: bf16 on the CPU"), a loss not yet explained. The losses stay in
+float32 whatever the network runs in (mdn_dense computes them outside autocast), and every
+head's last layer runs in float32 (model.Heads).
 """
 import contextlib
 from pathlib import Path
