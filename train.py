@@ -358,8 +358,8 @@ def parse_args(argv=None):
     r.add_argument("--eval-every", type=non_negative(int), default=0, help="also evaluate every N epochs (default 0: only at the end)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
     r.add_argument("--precision", choices=px.PRECISIONS, default="auto",
-                   help="auto (default): bf16 autocast + channels_last on a CUDA GPU, fp32 on the CPU; bf16 on a CPU "
-                        "with AVX512-BF16 / AMX is about 1.4x faster per train step (bench.py); it kept pose's AP but cost det MDN_3 5 AP "
+                   help="auto (default): bf16 autocast on a CUDA GPU, fp32 on the CPU, channels_last in both; bf16 on a CPU "
+                        "with AVX512-BF16 / AMX is faster per train step (bench.py); it kept pose's AP but cost det MDN_3 5 AP "
                         "over three seeds (RESULTS.md). "
                         "The run's first line says which. Losses are float32 in every case")
     r.add_argument("--threads", type=positive(int), help="CPU threads for torch (default: torch's choice, one per core). On a CPU "
