@@ -69,7 +69,7 @@ def parse_args(argv=None):
     inf.add_argument("--workers", type=non_negative(int), default=0, help="data-loader workers (default 0)")
     inf.add_argument("--device", type=device_flag, default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     inf.add_argument("--precision", choices=px.PRECISIONS, default="auto",
-                     help="auto (default): bf16 autocast + channels_last on a CUDA GPU, fp32 on the CPU "
+                     help="auto (default): bf16 autocast on a CUDA GPU, fp32 on the CPU, channels_last on both "
                           "(the table's title says which)")
     inf.add_argument("--threads", type=positive(int), help="torch CPU threads (default: torch's; on a busy shared CPU, 1 can be many times faster)")
     inf.add_argument("--fps", type=non_negative(int), nargs="?", const=50, default=0, metavar="N", help="also time N images (default 50) one at a time after 5 warm-up images: network + decoding + mapping back + merge, no data loading (Fig. 3)")
