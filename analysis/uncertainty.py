@@ -39,7 +39,7 @@ from analysis import calibration as cal
 import mdn_dense as md
 from analysis.components import FACIAL
 from analysis.tables import text_table
-from analysis.matching import ground_truths, iou_matrix, match_boxes, match_keypoints, oks_matrix
+from analysis.matching import box_similarity, ground_truths, match_boxes, match_keypoints, oks_matrix
 from inference import GroundTruthHeads
 from annotations import joint_part
 
@@ -72,8 +72,7 @@ def oracle_component(by_component, coco_gt, task, img_ids=None, oks_sigmas=None,
         if not mine:
             sim = np.zeros((len(flat), 0))
         elif task == "det":
-            sim = iou_matrix([r["bbox"] for r in flat], [g["bbox"] for g in mine])
-            sim[np.array([r["category_id"] for r in flat])[:, None] != np.array([g["category_id"] for g in mine])[None]] = 0
+            sim = box_similarity(flat, mine)                            # IoU; -1 across categories
         else:
             if oks_sigmas is None:
                 raise ValueError("the pose oracle gate needs the dataset's OKS sigmas")
