@@ -110,7 +110,9 @@ def test_hub_name_offline_or_without_the_client_says_what_to_download(monkeypatc
 
 def test_flag_is_checked_before_any_work(tmp_path):
     data = ["--task", "det", "--ann", "a.json", "--images", "img"]
-    for extra, words in [(["--arch", "small_dla", "--backbone-weights", str(LAYOUT)], "small_dla has no ImageNet weights"),
+    weights = tmp_path / "dla34.pth"          # a file that exists without ../shared: the arch is refused first
+    weights.write_bytes(b"")
+    for extra, words in [(["--arch", "small_dla", "--backbone-weights", str(weights)], "small_dla has no ImageNet weights"),
                          (["--arch", "dla34", "--backbone-weights", str(tmp_path / "none.pth")], "none.pth: no such file"),
                          (["--arch", "dla34", "--backbone-weights", "timm/dla34.in1k", "--init", "x/ckpt.pt"], "give one")]:
         with pytest.raises(SystemExit, match=words):
