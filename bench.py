@@ -11,7 +11,9 @@ the FLOPs do not depend on the machine; for the official separate heads and for
 inference FPS, forward + decoding per image at batch 1 in PyTorch eager (fp32, bf16) and in
 onnxruntime on the CPU (backend "onnx": the one graph export.py writes, with as many
 intra-op threads as torch has; skipped with a note without onnxruntime; `--only infer`),
-and data-loader images/s per worker (target >= 150 at 512 px). Each row
+data-loader images/s per worker (target >= 150 at 512 px), and the pose demo's train step:
+the old recipe's and today's preset's timed in turn in one process (the "pair" row; with
+--compile also today's through torch.compile) and today's split into its parts. Each row
 runs in its own subprocess so that "peak MB" is that row's own peak (CPU: max RSS of the
 process; CUDA: torch.cuda.max_memory_allocated). Timings are the median of the measured
 iterations after warm-up; the machine line says where they came from.
@@ -78,10 +80,12 @@ def synthetic_batch(task, B, size, device, num_classes):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def train_step(arch, task, m, size, batch, device, head="separate", precision="fp32", layout=None, ema=0.0):
+def train_step(arch, task, m, size, batch, device, head="separate", precision="fp32", layout=None, ema=0.0,
+               compile=False):
     """(step, forward, model) of one configuration. layout: "contiguous" overrides the
     precision's memory format; ema: a weight-average decay (its update is part of the step,
-    as in train.py --ema)."""
+    as in train.py --ema); compile: the step's forward through torch.compile (inductor), as
+    train.py --compile (the first warm-up step pays the compilation)."""
     num_classes = 80 if task == "det" else 1
     model = build_model(ModelConfig(task=task, m=m, arch=arch, num_classes=num_classes, mdn_head=head,
                                     sigma_floor=default_sigma_floor(task, arch))).to(device)
@@ -92,10 +96,11 @@ def train_step(arch, task, m, size, batch, device, head="separate", precision="f
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     targets = synthetic_batch(task, batch, size, device, num_classes)
+    net = torch.compile(model) if compile else model
 
     def step():
         with px.autocast(device, precision):
-            outputs = model(x)
+            outputs = net(x)
         loss, _ = md.total_loss(outputs, targets, kpt_scale=COCO_PERSON_SIGMAS)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -139,6 +144,37 @@ def row_pair(specs, device, warmup, iters):
             step()
             seen.append(time.perf_counter() - t)
     return {"train ms/img": [1000 * statistics.median(t) / s["batch"] for t, s in zip(times, specs)]}
+
+
+def row_parts(arch, task, m, size, batch, device, warmup, iters, precision="fp32"):
+    """Where one train step's time goes: backbone forward, heads forward, loss, backward,
+    Adam, timed apart (median ms/img each). -> {"parts ms/img": {part: ms}}."""
+    _, _, model = train_step(arch, task, m, size, batch, device, precision=precision)
+    fmt = px.memory_format(precision)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    targets = synthetic_batch(task, batch, size, device, model.cfg.num_classes)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    seen = {k: [] for k in ("backbone forward", "heads forward", "loss", "backward", "Adam")}
+    model.train()
+    for i in range(warmup + iters):
+        marks = [time.perf_counter()]
+        with px.autocast(device, precision):
+            features = model.backbone(x)
+            sync(), marks.append(time.perf_counter())
+            outputs = [heads(f) for heads, f in zip(model.heads, features)]
+            sync(), marks.append(time.perf_counter())
+        loss, _ = md.total_loss(outputs, targets, kpt_scale=COCO_PERSON_SIGMAS)
+        sync(), marks.append(time.perf_counter())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sync(), marks.append(time.perf_counter())
+        opt.step()
+        sync(), marks.append(time.perf_counter())
+        if i >= warmup:
+            for k, a, b in zip(seen, marks, marks[1:]):
+                seen[k].append(b - a)
+    return {"parts ms/img": {k: 1000 * statistics.median(v) / batch for k, v in seen.items()}}
 
 
 def row_decode(task, m, size, device, warmup, iters):
@@ -214,6 +250,9 @@ def run_row(spec):
                         spec.get("ema", 0.0))
     elif kind == "pair":
         res = row_pair(spec["specs"], device, w, 2 * it)
+    elif kind == "parts":
+        res = row_parts(spec["arch"], spec["task"], spec["m"], spec["size"], spec["batch"], device, w, 2 * it,
+                        spec.get("precision", "fp32"))
     elif kind == "decode":
         res = row_decode(spec["task"], spec["m"], spec["size"], device, w, it)
     elif kind == "infer":   # ~10 ms per image at 128 px: 10x the iterations there
@@ -262,8 +301,12 @@ def rows(args):
         if spec not in specs:
             specs.append(spec)
     keys = ("arch", "task", "m", "size", "batch", "precision", "layout", "ema")
-    specs.append(dict(kind="pair", arch="small_dla", task="pose", size=128, precision=auto,
-                      specs=[{k: s[k] for k in keys if k in s} for s in demo_specs(auto)]))
+    pair = [{k: s[k] for k in keys if k in s} for s in demo_specs(auto)]
+    if args.compile:   # today's step again, through torch.compile
+        pair.append(dict(pair[-1], compile=True))
+    specs.append(dict(kind="pair", arch="small_dla", task="pose", size=128, precision=auto, specs=pair))
+    today = {k: v for k, v in pair[1].items() if k in ("arch", "task", "m", "size", "batch", "precision")}
+    specs.append(dict(kind="parts", **today))
     for task in ("det", "pose"):
         specs.append(dict(kind="decode", task=task, m=3, size=512))
         specs.append(dict(kind="loader", task=task, size=512, device="cpu"))
@@ -279,11 +322,13 @@ def rows(args):
 
 
 def row_name(spec):
+    if spec["kind"] == "parts":
+        return f"parts {spec['arch']} {spec['task']} {spec['m']} {spec['size']} {spec['batch']} {spec['precision']}: the pose demo's step, part by part"
     if spec["kind"] == "pair":
         return f"pair {spec['arch']} {spec['task']} {spec['size']} {spec['precision']}: the pose demo's old and new step"
     return " ".join(str(spec[k]) if k != "ema" else f"ema {spec[k]}"
                     for k in ("kind", "arch", "task", "m", "head", "size", "batch", "device", "precision",
-                              "layout", "ema", "backend") if k in spec)
+                              "layout", "ema", "backend") if k in spec) + (" compiled" if spec.get("compile") else "")
 
 
 def demo_specs(precision, device=None):
@@ -302,7 +347,10 @@ def demo_line(by_name, precision, device):
     pair = [r for n, r in by_name.items() if n.startswith("pair ")]
     rows_ = [by_name.get(row_name(s)) for s in specs]
     if pair:
-        (o, t), how = pair[0]["train ms/img"], "interleaved in one process"
+        (o, t), how = pair[0]["train ms/img"][:2], "interleaved in one process"
+        if len(pair[0]["train ms/img"]) > 2:
+            print(f"torch.compile vs eager, today's pose demo step: x{t / pair[0]['train ms/img'][2]:.2f} "
+                  "(compilation excluded)")
     elif all(rows_):
         (o, t), how = [r["train ms/img"] for r in rows_], "separate rows"
     else:
@@ -319,6 +367,9 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="fewer iterations (noisy; a smoke check)")
     p.add_argument("--only", help="run only rows whose name contains this text (e.g. small_dla, loader)")
+    p.add_argument("--compile", action="store_true",
+                   help="add today's pose demo step through torch.compile to the interleaved pair row "
+                        "(needs a C++ compiler; the first step compiles, about a minute on 2 cores)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row (JSON spec) and print its result
     args = p.parse_args(argv)
@@ -344,6 +395,11 @@ def main(argv=None):
         if spec["kind"] == "pair":   # one line per configuration, timed in turn
             for sub, ms in zip(spec["specs"], res["train ms/img"]):
                 print(f"{'  interleaved: ' + name(dict(kind='train', **sub, device=spec['device'])):<48}{ms:>20.1f}")
+            continue
+        if spec["kind"] == "parts":
+            total = sum(res["parts ms/img"].values())
+            for part, ms in res["parts ms/img"].items():
+                print(f"{'  ' + part + f' ({100 * ms / total:.0f} %)':<48}{ms:>20.1f}")
             continue
         print(f"{name(spec):<48}" + "".join(f"{res[c]:>20.{2 if 'GFLOP' in c else 1}f}" if c in res else f"{'':>20}" for c in cols)
               + (f"  {res['note']}" if "note" in res else ""))

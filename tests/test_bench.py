@@ -72,3 +72,26 @@ def test_mdn_flops_overhead_is_the_extra_heads(task):
              + conv(1, hidden, 3 * D) - conv(1, hidden, D))
     assert flops[3, "separate"] - flops[0, "separate"] == extra
     assert flops[3, "shared"] - flops[0, "separate"] == conv(1, hidden, 3 * D + 6 + 3) - conv(1, hidden, D)
+
+
+def test_compile_adds_todays_step_compiled_to_the_pair_row():
+    """--compile times today's preset a second time, through torch.compile, in the same
+    interleaved row (the compilation itself is not run here: it takes about a minute)."""
+    def pair_specs(compile):
+        args = bench.argparse.Namespace(device="cpu", quick=True, compile=compile)
+        return [s for s in bench.rows(args) if s["kind"] == "pair"][0]["specs"]
+    pair, plain = pair_specs(True), pair_specs(False)
+    assert len(pair) == len(plain) + 1 and pair[-1] == dict(plain[-1], compile=True)
+    assert bench.row_name(dict(kind="train", **pair[-1], device="cpu")).endswith(" compiled")
+    assert not bench.row_name(dict(kind="train", **plain[-1], device="cpu")).endswith(" compiled")
+
+
+def test_the_parts_row_splits_todays_step(capsys):
+    """The parts row times backbone, heads, loss, backward and Adam apart; each is positive
+    and the backward pass is not free."""
+    bench.main(["--quick", "--only", "parts small_dla pose"])
+    printed = capsys.readouterr().out
+    rows = {line.split(" (")[0].strip(): float(line.split()[-1]) for line in printed.splitlines()
+            if line.startswith("  ") and " %)" in line}
+    assert set(rows) == {"backbone forward", "heads forward", "loss", "backward", "Adam"}
+    assert all(ms > 0 for ms in rows.values()) and rows["backward"] > rows["loss"]

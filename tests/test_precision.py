@@ -94,3 +94,27 @@ def test_fp32_trains_in_channels_last_and_the_layout_does_not_change_a_step(tmp_
     assert a == pytest.approx(b, rel=1e-5)
     for k in ga:
         assert (ga[k] - gb[k]).norm() <= 0.05 * ga[k].norm(), k
+
+
+@pytest.mark.parametrize("task", ["pose", "det"])
+def test_bf16_gradient_parts_add_up_to_the_training_gradient(task, tmp_path):
+    """analysis.bf16_gradients: the weighted parts' backbone gradients sum to the gradient of
+    md.total_loss (the λ of Eq. 6 as training uses them); in float32 the comparison with
+    itself is exact, under bf16 it is not."""
+    from analysis import bf16_gradients as bg
+    ann, images = make_dataset(tmp_path, task, "train", 4)
+    ds = CocoDataset(ann, images, task, train=False, input_size=128)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(task=task, m=3, num_classes=ds.num_classes, sigma_floor=9.0 if task == "pose" else 1.0))
+    net = net.train().to(memory_format=torch.channels_last)
+    kpt = an.COCO_PERSON_SIGMAS if task == "pose" else None
+    parts = bg.part_gradients(net, batch, kpt, bf16=False)
+    loss, _ = md.total_loss(net(batch["input"].contiguous(memory_format=torch.channels_last)), batch, kpt_scale=kpt)
+    exact = torch.cat([g.flatten() for g in torch.autograd.grad(loss, net.backbone_parameters())])
+    # the same sums in another order: float32 rounding of a vector whose norm is in the hundreds
+    assert ((parts["total"] - exact).norm() / exact.norm()).item() < 1e-5
+    assert torch.equal(parts["hm"], bg.part_gradients(net, batch, kpt, bf16=False)["hm"])
+    rows = bg.compare(net, batch, kpt)
+    assert set(rows) == set(parts) and all(0 < err and -1 <= cos <= 1 for _, err, cos in rows.values())
