@@ -14,7 +14,7 @@ from model import ModelConfig, build_model
 
 
 def test_every_architecture_has_a_base_and_two_mdn3_rows():
-    specs = [s for s in bench.rows(argparse.Namespace(device="cpu", quick=True)) if s["kind"] == "train"]
+    specs = [s for s in bench.rows(argparse.Namespace(device="cpu", quick=True, compile=False)) if s["kind"] == "train"]
     for arch in ("small_dla", "small_hourglass", "dla34", "hourglass104"):
         ms = sorted((s["m"], s.get("head", "")) for s in specs if s["arch"] == arch)
         assert set(ms) == {(0, ""), (3, ""), (3, "shared")}, arch
@@ -78,7 +78,7 @@ def test_compile_adds_todays_step_compiled_to_the_pair_row():
     """--compile times today's preset a second time, through torch.compile, in the same
     interleaved row (the compilation itself is not run here: it takes about a minute)."""
     def pair_specs(compile):
-        args = bench.argparse.Namespace(device="cpu", quick=True, compile=compile)
+        args = argparse.Namespace(device="cpu", quick=True, compile=compile)
         return [s for s in bench.rows(args) if s["kind"] == "pair"][0]["specs"]
     pair, plain = pair_specs(True), pair_specs(False)
     assert len(pair) == len(plain) + 1 and pair[-1] == dict(plain[-1], compile=True)
