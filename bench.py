@@ -80,22 +80,26 @@ def synthetic_batch(task, B, size, device, num_classes):
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def training_setup(arch, task, m, size, batch, device, head="separate", fmt=torch.contiguous_format):
+    """(model, Adam, input x, synthetic targets) of one configuration, in memory format fmt."""
+    num_classes = 80 if task == "det" else 1
+    model = build_model(ModelConfig(task=task, m=m, arch=arch, num_classes=num_classes, mdn_head=head,
+                                    sigma_floor=default_sigma_floor(task, arch))).to(device)
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    return model, opt, x, synthetic_batch(task, batch, size, device, num_classes)
+
+
 def train_step(arch, task, m, size, batch, device, head="separate", precision="fp32", layout=None, ema=0.0,
                compile=False):
     """(step, forward, model) of one configuration. layout: "contiguous" overrides the
     precision's memory format; ema: a weight-average decay (its update is part of the step,
     as in train.py --ema); compile: the step's forward through torch.compile (inductor), as
     train.py --compile (the first warm-up step pays the compilation)."""
-    num_classes = 80 if task == "det" else 1
-    model = build_model(ModelConfig(task=task, m=m, arch=arch, num_classes=num_classes, mdn_head=head,
-                                    sigma_floor=default_sigma_floor(task, arch))).to(device)
-    cuda = device.type == "cuda"
     fmt = torch.contiguous_format if layout == "contiguous" else px.memory_format(precision)
-    model = model.to(memory_format=fmt)
+    model, opt, x, targets = training_setup(arch, task, m, size, batch, device, head, fmt)
     average = WeightAverage(model, ema) if ema else None
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-    targets = synthetic_batch(task, batch, size, device, num_classes)
     net = torch.compile(model) if compile else model
 
     def step():
@@ -149,28 +153,30 @@ def row_pair(specs, device, warmup, iters):
 def row_parts(arch, task, m, size, batch, device, warmup, iters, precision="fp32"):
     """Where one train step's time goes: backbone forward, heads forward, loss, backward,
     Adam, timed apart (median ms/img each). -> {"parts ms/img": {part: ms}}."""
-    _, _, model = train_step(arch, task, m, size, batch, device, precision=precision)
-    fmt = px.memory_format(precision)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-    targets = synthetic_batch(task, batch, size, device, model.cfg.num_classes)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model, opt, x, targets = training_setup(arch, task, m, size, batch, device, fmt=px.memory_format(precision))
     seen = {k: [] for k in ("backbone forward", "heads forward", "loss", "backward", "Adam")}
+    marks = []
+
+    def mark():   # the GPU runs asynchronously: wait for it before reading the clock
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        marks.append(time.perf_counter())
     model.train()
     for i in range(warmup + iters):
-        marks = [time.perf_counter()]
+        marks.clear()
+        mark()
         with px.autocast(device, precision):
             features = model.backbone(x)
-            sync(), marks.append(time.perf_counter())
+            mark()
             outputs = [heads(f) for heads, f in zip(model.heads, features)]
-            sync(), marks.append(time.perf_counter())
+            mark()
         loss, _ = md.total_loss(outputs, targets, kpt_scale=COCO_PERSON_SIGMAS)
-        sync(), marks.append(time.perf_counter())
+        mark()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        sync(), marks.append(time.perf_counter())
+        mark()
         opt.step()
-        sync(), marks.append(time.perf_counter())
+        mark()
         if i >= warmup:
             for k, a, b in zip(seen, marks, marks[1:]):
                 seen[k].append(b - a)

@@ -272,6 +272,12 @@ class LossWeights:
     hm_hp: float = 1.0
     hp_offset: float = 1.0
 
+    def lambdas(self, mixture):
+        """{part: λ} of Eq. (6); hps unset means 0.1 for the mixture and 1 for the L1 base."""
+        hps = self.hps if self.hps is not None else (0.1 if mixture else 1.0)
+        return {"hm": self.hm, "reg": self.reg, "wh": self.wh, "hps": hps,
+                "hm_hp": self.hm_hp, "hp_offset": self.hp_offset}
+
 
 def stack_loss(out, batch, kpt_scale=None):
     """Named loss parts of Eq. (6) for one stack's outputs (unweighted)."""
@@ -302,10 +308,7 @@ def total_loss(outputs, batch, weights=None, kpt_scale=None):
     weights = weights or LossWeights()
     if isinstance(outputs, dict):
         outputs = [outputs]
-    mixture = num_components(outputs[0]) > 0
-    lam = {"hm": weights.hm, "reg": weights.reg, "wh": weights.wh,
-           "hps": weights.hps if weights.hps is not None else (0.1 if mixture else 1.0),
-           "hm_hp": weights.hm_hp, "hp_offset": weights.hp_offset}
+    lam = weights.lambdas(mixture=num_components(outputs[0]) > 0)
     parts = {}
     for out in outputs:
         for name, value in stack_loss(out, batch, kpt_scale).items():

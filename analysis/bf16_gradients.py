@@ -28,9 +28,7 @@ def part_gradients(model, batch, kpt_scale, bf16):
     if len(outputs) != 1:
         raise ValueError("one output stack expected (small_dla, dla34), not an hourglass")
     parts = md.stack_loss(outputs[0], batch, kpt_scale)
-    weights = md.LossWeights()
-    lam = {"hm": weights.hm, "reg": weights.reg, "wh": weights.wh, "hm_hp": weights.hm_hp,
-           "hp_offset": weights.hp_offset, "hps": 0.1 if md.num_components(outputs[0]) else 1.0}
+    lam = md.LossWeights().lambdas(mixture=md.num_components(outputs[0]) > 0)
     params = model.backbone_parameters()
     grads = {}
     for name, value in parts.items():

@@ -216,14 +216,18 @@ BAD_NUMBERS = [  # (edit, expected message); json.dumps writes NaN / Infinity, w
 ]
 
 
-@pytest.mark.parametrize("case", range(len(BAD_NUMBERS)))
-def test_numbers_must_be_finite_errors_name_file_id_and_field(tmp_path, case):
-    edit, message = BAD_NUMBERS[case]
-    path = tmp_path / "ann.json"
+def _refused(path, edit, message):
+    """The good file with edit applied, written to path: load_coco refuses it with message,
+    the error starting with the file's path."""
     path.write_text(json.dumps(_broken(edit)))
     with pytest.raises(ValueError, match=message) as err:
         an.load_coco(path)
     assert str(err.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("case", range(len(BAD_NUMBERS)))
+def test_numbers_must_be_finite_errors_name_file_id_and_field(tmp_path, case):
+    _refused(tmp_path / "ann.json", *BAD_NUMBERS[case])
 
 
 def test_nan_bbox_fails_at_load_not_in_rendering(tmp_path):
@@ -297,12 +301,8 @@ MISSCORED = [  # what COCOeval would score wrong without a word: refused, naming
 
 @pytest.mark.parametrize("case", range(len(MISSCORED)))
 def test_ids_and_fields_cocoeval_would_misscore_are_refused(tmp_path, case):
-    edit, message = MISSCORED[case]
     path = tmp_path / "ann.json"
-    path.write_text(json.dumps(_broken(edit)))
-    with pytest.raises(ValueError, match=message) as err:
-        an.load_coco(path)
-    assert str(err.value).startswith(f"{path}: ")
+    _refused(path, *MISSCORED[case])
     path.write_text(json.dumps(_good()))
     assert len(an.load_coco(path).anns) == 2                     # the file unbroken loads
 
