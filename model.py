@@ -34,7 +34,7 @@ HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ~= 0.1: the focal loss prior of Cor
 # paper's two networks and their CPU-demo versions (same code, narrower).
 ARCHS = {"hourglass104": (hourglass104, 256, 128), "dla34": (dla34, 256, 32),
          "small_hourglass": (hourglass_small, 64, 32), "small_dla": (dla_small, 64, 32),
-         "small_dla_s2": (dla_small_s2, 32, 32)}
+         "small_dla_s2": (dla_small_s2, 64, 32)}
 # Backbones with ImageNet weights to start from (the official code's pretrained=True; the
 # hourglass tables train from scratch). Their normalisation: RGB / 255 with ImageNet's mean
 # (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
