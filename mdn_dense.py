@@ -240,15 +240,23 @@ def l1_loss(pred, target, mask):
         return (torch.abs(pred.float() - target.float()) * mask).sum() / (mask.sum() + 1e-4)
 
 
-def mixture_loss(out, batch, kpt_scale=None):
+def scale_gradient(x, k):
+    """x in the forward pass (exactly: x - x.detach() is 0); k times its gradient in the backward pass."""
+    return x if k == 1 else x.detach() + k * (x - x.detach())
+
+
+def mixture_loss(out, batch, kpt_scale=None, gate_grad=1.0):
     """Eq. (5) at the ground-truth centres, summed over objects and divided by 1 + the
     number of objects that carry a target, as the official code normalises: detection
     counts the objects (mask = 1); pose counts the persons with at least one visible
     joint (a person without keypoints, or whose joints the crop removed, adds nothing to
     the sum and nothing to the denominator). The +1 keeps an image without objects finite.
-    kpt_scale: per-joint k_j of Eq. (4), pose only."""
+    kpt_scale: per-joint k_j of Eq. (4), pose only. gate_grad (not in the paper; 1 = the
+    paper): the gradient the mixing coefficients receive is multiplied by it, the loss's
+    value is unchanged (LossWeights.gate_grad says why)."""
     valid = batch["mask"].bool()                                       # (B, N)
     mu, sigma, log_alpha = mixture_at(out, batch["ind"])
+    log_alpha = scale_gradient(log_alpha, gate_grad)
     mu_i, sigma_i, log_alpha_i = mu[valid], sigma[valid], log_alpha[valid]  # (n, M, D), (n, M, 2), (n, M)
     if task_of(out) == "det":
         target, dmask, kpt_scale = batch["wh"][valid], None, None
@@ -271,6 +279,13 @@ class LossWeights:
     hps: float | None = None
     hm_hp: float = 1.0
     hp_offset: float = 1.0
+    # Not in the paper (1 = the paper). Eq. (5)'s gradient on the mixing logits is alpha - r
+    # (r: each component's responsibility), bounded, while the means' grows with the
+    # offset error over sigma^2: at lambda_hps = 0.1 the gate's share of the backbone's
+    # gradient is small, and only the gate needs the features that tell the modes apart
+    # (a front and a back component can each place their joints without knowing the view).
+    # gate_grad > 1 multiplies that share (mixture_loss), leaving the loss's value as is.
+    gate_grad: float = 1.0
 
     def lambdas(self, mixture):
         """{part: λ} of Eq. (6); hps unset means 0.1 for the mixture and 1 for the L1 base."""
@@ -279,17 +294,17 @@ class LossWeights:
                 "hm_hp": self.hm_hp, "hp_offset": self.hp_offset}
 
 
-def stack_loss(out, batch, kpt_scale=None):
-    """Named loss parts of Eq. (6) for one stack's outputs (unweighted)."""
+def stack_loss(out, batch, kpt_scale=None, gate_grad=1.0):
+    """Named loss parts of Eq. (6) for one stack's outputs (unweighted; gate_grad: mixture_loss)."""
     mixture = num_components(out) > 0
     regressed = lambda name, mask: l1_loss(gather_feat(out[name], batch["ind"]), batch[name], mask)
     parts = {"hm": focal_loss(out["hm"], batch["hm"]),
              "reg": regressed("reg", batch["mask"])}
     if task_of(out) == "det":
-        parts["wh"] = mixture_loss(out, batch) if mixture else regressed("wh", batch["mask"])
+        parts["wh"] = mixture_loss(out, batch, gate_grad=gate_grad) if mixture else regressed("wh", batch["mask"])
         return parts
     parts["wh"] = regressed("wh", batch["mask"])
-    parts["hps"] = mixture_loss(out, batch, kpt_scale) if mixture else regressed("hps", batch["hps_mask"])
+    parts["hps"] = mixture_loss(out, batch, kpt_scale, gate_grad) if mixture else regressed("hps", batch["hps_mask"])
     if "hm_hp" in out:
         parts["hm_hp"] = focal_loss(out["hm_hp"], batch["hm_hp"])
         parts["hp_offset"] = l1_loss(gather_feat(out["hp_offset"], batch["hp_ind"]),
@@ -311,7 +326,7 @@ def total_loss(outputs, batch, weights=None, kpt_scale=None):
     lam = weights.lambdas(mixture=num_components(outputs[0]) > 0)
     parts = {}
     for out in outputs:
-        for name, value in stack_loss(out, batch, kpt_scale).items():
+        for name, value in stack_loss(out, batch, kpt_scale, weights.gate_grad).items():
             parts[name] = parts.get(name, 0.0) + value / len(outputs)
     total = sum(lam[name] * value for name, value in parts.items())   # Eq. (6)
     return total, {name: float(value.detach()) for name, value in parts.items()}

@@ -336,6 +336,9 @@ def parse_args(argv=None):
     for name, default in [("hm", 1.0), ("reg", 1.0), ("wh", 0.1), ("hm-hp", 1.0), ("hp-offset", 1.0)]:
         l.add_argument(f"--w-{name}", type=non_negative(float), help=f"weight of the {name} loss in Eq. (6) (default {default})")
     l.add_argument("--w-hps", type=non_negative(float), help="weight of the pose regression loss (default 0.1 for MDN, 1 for the L1 base)")
+    l.add_argument("--gate-grad", type=positive(float), help="not in the paper: multiply the gradient Eq. (5) gives the "
+                                                            "mixing coefficients by this (default 1 = the paper; "
+                                                            "mdn_dense.LossWeights.gate_grad)")
     r = p.add_argument_group("run")
     r.add_argument("--out", help="output folder (default: a new runs/<task>_m<M>, then runs/<task>_m<M>_2, _3, ...)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest "
@@ -406,6 +409,10 @@ def config_from_args(args):
     flip_prob = args.flip_prob if args.flip_prob is not None else 0.0 if not real and args.task == "pose" else 0.5
     weights = {k: getattr(args, "w_" + k) for k in ("hm", "reg", "wh", "hps", "hm_hp", "hp_offset")
                if getattr(args, "w_" + k) is not None}
+    if args.gate_grad is not None:
+        if args.m == 0:
+            raise SystemExit("--gate-grad is for the mixture (--m >= 1); the --m 0 base has no gate")
+        weights["gate_grad"] = args.gate_grad
     pick = lambda flag, key: flag if flag is not None else preset[key]
     try:
         model_cfg = ModelConfig(task=args.task, m=args.m, arch=arch, mdn_head=args.mdn_head,

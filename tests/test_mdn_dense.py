@@ -340,3 +340,24 @@ def test_select_component_per_location_tensor_equals_forcing_each_int():
             assert torch.equal(a[i:i + 1], b), (i, c)
     with pytest.raises(ValueError, match="component indices must lie in"):
         md.select_component(mu, sigma, la, torch.tensor([0, 1, 3, 0]))
+
+
+@pytest.mark.parametrize("task", ["det", "pose"])
+def test_gate_grad_scales_only_the_gate_gradient(task):
+    """LossWeights.gate_grad = k (not in the paper): the loss value, and the gradient of every
+    output but the mixing logits, are those of k = 1; the logits' gradient is k times it."""
+    batch = two_object_batch(task)
+
+    def grads(k):
+        out = random_outputs(task, 3, num_classes=1, num_joints=2, B=1, H=8, W=8, seed=3)
+        out = {name: v.detach().requires_grad_() for name, v in out.items()}
+        loss, parts = md.total_loss([out], batch, md.LossWeights(gate_grad=k))
+        loss.backward()
+        return loss.detach(), {name: v.grad for name, v in out.items()}
+    (l1, g1), (l10, g10) = grads(1.0), grads(10.0)
+    assert torch.equal(l1, l10)
+    assert g1["mdn_logits"].abs().max() > 0
+    torch.testing.assert_close(g10["mdn_logits"], 10 * g1["mdn_logits"])
+    for name in g1:
+        if name != "mdn_logits":
+            torch.testing.assert_close(g10[name], g1[name], rtol=1e-6, atol=1e-7, msg=name)
