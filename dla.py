@@ -138,23 +138,19 @@ class DLA(nn.Module):
     the six levels, level i with channels[i] at stride 2**i. Parameter names match the
     official ImageNet checkpoint (see load_imagenet_weights)."""
 
-    def __init__(self, levels=LEVELS, channels=CHANNELS, stem_stride=1):
+    def __init__(self, levels=LEVELS, channels=CHANNELS):
         super().__init__()
-        if stem_stride not in (1, 2):
-            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
         self.channels = list(channels)
-        # stem_stride 2 moves the stride-2 step from level1 to the 7x7 base layer: the same
-        # parameters, level0 at H/2 instead of H (the cheap stem of small_dla_s2).
-        self.base_layer = conv_bn_relu(3, channels[0], 7, stride=stem_stride)
+        self.base_layer = conv_bn_relu(3, channels[0], 7)
         self.level0 = conv_level(channels[0], channels[0], levels[0])
-        self.level1 = conv_level(channels[0], channels[1], levels[1], stride=2 // stem_stride)
+        self.level1 = conv_level(channels[0], channels[1], levels[1], stride=2)
         self.level2 = Tree(levels[2], channels[1], channels[2], 2, level_root=False)
         self.level3 = Tree(levels[3], channels[2], channels[3], 2, level_root=True)
         self.level4 = Tree(levels[4], channels[3], channels[4], 2, level_root=True)
         self.level5 = Tree(levels[5], channels[4], channels[5], 2, level_root=True)
 
     def forward(self, x):
-        x = self.base_layer(x)                                  # (B, C0, H / stem_stride, W / stem_stride)
+        x = self.base_layer(x)                                  # (B, C0, H, W)
         features = []
         for level in (self.level0, self.level1, self.level2, self.level3, self.level4, self.level5):
             x = level(x)                                        # (B, C_i, H / 2**i, W / 2**i)
@@ -231,10 +227,10 @@ class DLANet(nn.Module):
     size_multiple = 32
     stacks = 1
 
-    def __init__(self, width=1.0, levels=LEVELS, stem_stride=1):
+    def __init__(self, width=1.0, levels=LEVELS):
         super().__init__()
         channels = [max(1, round(c * width)) for c in CHANNELS]
-        self.base = DLA(levels, channels, stem_stride)
+        self.base = DLA(levels, channels)
         self.dla_up = DLAUp(channels[2:])
         self.ida_up = IDAUp(channels[2], channels[3:5], [2, 4])
         self.out_channels = channels[2]
@@ -285,10 +281,3 @@ def dla34(width=1.0, weights=None):
 def dla_small(width=0.25):
     """The same DLA-34 at a quarter of the width, for CPU demos (16 channels at stride 4)."""
     return dla34(width=width)
-
-
-def dla_small_s2(width=0.25):
-    """dla_small with the stride-2 step in the 7x7 base layer instead of level1: the same
-    parameters, but no layer runs at the input's full resolution (at width 0.25 the
-    4-channel full-size stem took a fifth of a train step for 5 % of the FLOPs)."""
-    return DLANet(width=width, stem_stride=2)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 import mdn_dense as md
-from dla import dla34, dla_small, dla_small_s2, load_imagenet_weights
+from dla import dla34, dla_small, load_imagenet_weights
 from hourglass import hourglass104, hourglass_small
 from util.weights import resolve
 
@@ -33,8 +33,7 @@ HEATMAP_PRIOR_BIAS = -2.19  # sigmoid(-2.19) ~= 0.1: the focal loss prior of Cor
 # name -> (backbone builder, hidden channels of every head, input side multiple): the
 # paper's two networks and their CPU-demo versions (same code, narrower).
 ARCHS = {"hourglass104": (hourglass104, 256, 128), "dla34": (dla34, 256, 32),
-         "small_hourglass": (hourglass_small, 64, 32), "small_dla": (dla_small, 64, 32),
-         "small_dla_s2": (dla_small_s2, 64, 32)}
+         "small_hourglass": (hourglass_small, 64, 32), "small_dla": (dla_small, 64, 32)}
 # Backbones with ImageNet weights to start from (the official code's pretrained=True; the
 # hourglass tables train from scratch). Their normalisation: RGB / 255 with ImageNet's mean
 # (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).

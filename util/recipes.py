@@ -20,7 +20,6 @@ PRESETS = {
     "dla34": dict(input_size=512, batch_size=32, lr=2e-4, epochs=140, lr_steps=[90, 120]),
     "small_hourglass": dict(input_size=128, batch_size=32, lr=2.5e-3, epochs=20, lr_steps=[15]),
     "small_dla": dict(input_size=128, batch_size=32, lr=2.5e-3, epochs=20, lr_steps=[15]),
-    "small_dla_s2": dict(input_size=128, batch_size=32, lr=2.5e-3, epochs=20, lr_steps=[15]),
 }
 HOURGLASS_SCHEDULES = {"1x": 50, "2x": 100, "3x": 150}  # hourglass104: lr drop 10 epochs before the end
 
@@ -30,7 +29,6 @@ HOURGLASS_SCHEDULES = {"1x": 50, "2x": 100, "3x": 150}  # hourglass104: lr drop 
 # there the mixture beats the base (RESULTS.md). Detection keeps batch 32: its base did not gain.
 TASK_PRESETS = {
     ("small_dla", "pose"): dict(batch_size=16),
-    ("small_dla_s2", "pose"): dict(batch_size=16),
 }
 
 
