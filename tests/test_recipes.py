@@ -25,3 +25,14 @@ def test_train_defaults_are_the_task_preset_and_flags_win(task, tmp_path):
     _, cfg = train.config_from_args(train.parse_args(data + ["--out", str(tmp_path / "r"), "--batch-size", "4",
                                                             "--ema", "0", "--epochs", "3", "--lr-steps", "2"]))
     assert (cfg.batch_size, cfg.ema, cfg.epochs, cfg.lr_steps) == (4, 0.0, 3, [2])
+
+
+def test_gate_grad_flag_reaches_the_loss_weights_for_the_mixture_only(tmp_path):
+    data = ["--ann", str(tmp_path / "a.json"), "--images", str(tmp_path), "--arch", "small_dla", "--task", "pose",
+            "--out", str(tmp_path / "r")]
+    _, cfg = train.config_from_args(train.parse_args(data + ["--m", "3", "--gate-grad", "10"]))
+    assert cfg.loss_weights == {"gate_grad": 10.0}
+    _, cfg = train.config_from_args(train.parse_args(data + ["--m", "3"]))
+    assert "gate_grad" not in cfg.loss_weights             # the paper's loss unless asked
+    with pytest.raises(SystemExit, match="--gate-grad is for the mixture"):
+        train.config_from_args(train.parse_args(data + ["--m", "0", "--gate-grad", "10"]))
