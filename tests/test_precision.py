@@ -118,3 +118,31 @@ def test_bf16_gradient_parts_add_up_to_the_training_gradient(task, tmp_path):
     assert torch.equal(parts["hm"], bg.part_gradients(net, batch, kpt, bf16=False)["hm"])
     rows = bg.compare(net, batch, kpt)
     assert set(rows) == set(parts) and all(0 < err and -1 <= cos <= 1 for _, err, cos in rows.values())
+
+
+@pytest.mark.parametrize("task", ["pose", "det"])
+def test_gate_and_mean_paths_add_up_to_the_mixture_gradient(task, tmp_path):
+    """analysis.gate_gradient: the backbone gradients through the gate and through mu and
+    sigma sum to the whole gradient of λ * Eq. (5); --gate-grad k multiplies the gate's path
+    by k and leaves the other as it is."""
+    from analysis import gate_gradient as gg
+    ann, images = make_dataset(tmp_path, task, "train", 4)
+    ds = CocoDataset(ann, images, task, train=False, input_size=128)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(task=task, m=3, num_classes=ds.num_classes, sigma_floor=9.0 if task == "pose" else 1.0))
+    net.train()
+    kpt = an.COCO_PERSON_SIGMAS if task == "pose" else None
+    paths = gg.path_gradients(net, batch, kpt)
+    part = md.REGRESSION_KEY[task]
+    loss = md.LossWeights().lambdas(mixture=True)[part] * md.mixture_loss(net(batch["input"])[0], batch, kpt)
+    whole = torch.cat([g.flatten() for g in torch.autograd.grad(loss, net.backbone_parameters(), allow_unused=True)
+                       if g is not None])
+    both = paths["gate"] + paths["means and sigmas"]
+    assert paths["gate"].norm() > 0 and ((both - whole).norm() / whole.norm()).item() < 1e-5
+    scaled = gg.path_gradients(net, batch, kpt, md.LossWeights(gate_grad=10.0))
+    # float32 rounding of a sum over the whole network, relative to the vector's norm
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+    assert rel(scaled["gate"], 10 * paths["gate"]) < 1e-5
+    assert rel(scaled["means and sigmas"], paths["means and sigmas"]) < 1e-5

@@ -1,0 +1,73 @@
+"""How much of the mixture loss's gradient reaches the backbone through the gate (Eq. 5).
+
+    python -m analysis.gate_gradient runs/nb04/pose_m3/ckpt.pt [more ckpt.pt ...]
+
+Eq. (5), -log sum_m alpha_m N(t | mu_m, sigma_m), sends gradient into the backbone along
+two paths: through the means and sigmas of the components, and through the mixing
+coefficients alpha (the gate). Only the gate needs features that tell the modes apart (a
+front-view and a back-view component can each place their joints without knowing which
+view the image shows), so a gate that fails to pick the right component points at a small
+share of the gradient on that path. For each checkpoint, on one batch of its own training
+images (the evaluation transform) and for a freshly initialised network of the same
+configuration: the norm of the backbone gradient of λ_hps * Eq. (5) through the gate alone
+(mu and sigma detached), through mu and sigma alone (alpha detached), and their ratio.
+RESULTS.md ("Where does the AP go?") reads these numbers; `train.py --gate-grad` scales the
+gate's path (mdn_dense.LossWeights.gate_grad).
+"""
+import argparse
+
+import torch
+
+import mdn_dense as md
+from analysis.bf16_gradients import checkpoint_batch
+from model import build_model, load_model, model_config_of
+
+
+def path_gradients(model, batch, kpt_scale, weights=None):
+    """{"gate": g, "means and sigmas": g}: the backbone gradient (flattened) of the weighted
+    mixture loss (λ_hps for pose, λ_wh for detection) through each path; the two add up to
+    the loss's whole backbone gradient. Single-output networks only."""
+    weights = weights or md.LossWeights()
+    part = md.REGRESSION_KEY[model.cfg.task]
+    lam = weights.lambdas(mixture=True)[part]
+    params = model.backbone_parameters()
+    grads = {}
+    for path in ("gate", "means and sigmas"):
+        outputs = model(batch["input"])
+        if len(outputs) != 1:
+            raise ValueError("one output stack expected (small_dla, dla34), not an hourglass")
+        keep = {"mdn_logits"} if path == "gate" else {part, "mdn_sigma"}
+        out = {k: (v if k in keep else v.detach()) for k, v in outputs[0].items()}
+        loss = lam * md.mixture_loss(out, batch, kpt_scale, weights.gate_grad)
+        g = torch.autograd.grad(loss, params, allow_unused=True)
+        grads[path] = torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten()
+                                 for gi, p in zip(g, params)])
+    return grads
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="ckpt.pt files of train.py mixture runs (small_dla or dla34)")
+    p.add_argument("--images", type=int, default=32, help="training images in the batch (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fresh network (default 0)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for path in args.checkpoints:
+        try:
+            model, state = load_model(path)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{path}: {e}") from None
+        if model.cfg.m == 0:
+            raise SystemExit(f"{path}: an L1 base (m = 0) has no gate")
+        batch, kpt_scale = checkpoint_batch(state, args.images)
+        torch.manual_seed(args.seed)
+        fresh = build_model(model_config_of(state["model_config"]))
+        for label, net in (("trained", model), (f"fresh, seed {args.seed}", fresh)):
+            n = {k: g.norm().item() for k, g in path_gradients(net.train(), batch, kpt_scale).items()}
+            print(f"{path} ({label}): backbone |g| through the gate {n['gate']:.3g}, through mu and sigma "
+                  f"{n['means and sigmas']:.3g} (x{n['means and sigmas'] / n['gate']:.0f})")
+
+
+if __name__ == "__main__":
+    main()
