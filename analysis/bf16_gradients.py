@@ -57,10 +57,13 @@ def checkpoint_batch(state, n):
     return {k: v for k, v in batch.items() if torch.is_tensor(v)}, ds.oks_sigmas.tolist() if task == "pose" else None
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def checkpoint_runs(doc, argv, images=16):
+    """The command line shared by the gradient analyses (checkpoints, --images, --seed,
+    --threads): yields (path, label, network, batch, kpt_scale) for each checkpoint's trained
+    network and a fresh one of the same configuration, on a batch of its training images."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="ckpt.pt files of train.py runs (small_dla or dla34)")
-    p.add_argument("--images", type=int, default=16, help="training images in the batch (default 16)")
+    p.add_argument("--images", type=int, default=images, help=f"training images in the batch (default {images})")
     p.add_argument("--seed", type=int, default=0, help="seed of the fresh network (default 0)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     args = p.parse_args(argv)
@@ -74,9 +77,14 @@ def main(argv=None):
         torch.manual_seed(args.seed)
         fresh = build_model(model_config_of(state["model_config"]))
         for label, net in (("trained", model), (f"fresh, seed {args.seed}", fresh)):
-            print(f"{path} ({label}): bf16 vs float32 backbone gradient")
-            for part, (norm, err, cos) in compare(net, batch, kpt_scale).items():
-                print(f"  {part:<10} |g| {norm:9.3g}  relative error {err:6.3f}  cosine {cos:7.4f}")
+            yield path, label, net, batch, kpt_scale
+
+
+def main(argv=None):
+    for path, label, net, batch, kpt_scale in checkpoint_runs(__doc__, argv):
+        print(f"{path} ({label}): bf16 vs float32 backbone gradient")
+        for part, (norm, err, cos) in compare(net, batch, kpt_scale).items():
+            print(f"  {part:<10} |g| {norm:9.3g}  relative error {err:6.3f}  cosine {cos:7.4f}")
 
 
 if __name__ == "__main__":

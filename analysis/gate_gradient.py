@@ -14,13 +14,10 @@ configuration: the norm of the backbone gradient of λ_hps * Eq. (5) through the
 RESULTS.md ("Where does the AP go?") reads these numbers; `train.py --gate-grad` scales the
 gate's path (mdn_dense.LossWeights.gate_grad).
 """
-import argparse
-
 import torch
 
 import mdn_dense as md
-from analysis.bf16_gradients import checkpoint_batch
-from model import build_model, load_model, model_config_of
+from analysis.bf16_gradients import checkpoint_runs
 
 
 def path_gradients(model, batch, kpt_scale, weights=None):
@@ -46,27 +43,12 @@ def path_gradients(model, batch, kpt_scale, weights=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", help="ckpt.pt files of train.py mixture runs (small_dla or dla34)")
-    p.add_argument("--images", type=int, default=32, help="training images in the batch (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fresh network (default 0)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    for path in args.checkpoints:
-        try:
-            model, state = load_model(path)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"{path}: {e}") from None
-        if model.cfg.m == 0:
+    for path, label, net, batch, kpt_scale in checkpoint_runs(__doc__, argv, images=32):
+        if net.cfg.m == 0:
             raise SystemExit(f"{path}: an L1 base (m = 0) has no gate")
-        batch, kpt_scale = checkpoint_batch(state, args.images)
-        torch.manual_seed(args.seed)
-        fresh = build_model(model_config_of(state["model_config"]))
-        for label, net in (("trained", model), (f"fresh, seed {args.seed}", fresh)):
-            n = {k: g.norm().item() for k, g in path_gradients(net.train(), batch, kpt_scale).items()}
-            print(f"{path} ({label}): backbone |g| through the gate {n['gate']:.3g}, through mu and sigma "
-                  f"{n['means and sigmas']:.3g} (x{n['means and sigmas'] / n['gate']:.0f})")
+        n = {k: g.norm().item() for k, g in path_gradients(net.train(), batch, kpt_scale).items()}
+        print(f"{path} ({label}): backbone |g| through the gate {n['gate']:.3g}, through mu and sigma "
+              f"{n['means and sigmas']:.3g} (x{n['means and sigmas'] / n['gate']:.0f})")
 
 
 if __name__ == "__main__":

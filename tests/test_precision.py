@@ -96,20 +96,26 @@ def test_fp32_trains_in_channels_last_and_the_layout_does_not_change_a_step(tmp_
         assert (ga[k] - gb[k]).norm() <= 0.05 * ga[k].norm(), k
 
 
-@pytest.mark.parametrize("task", ["pose", "det"])
-def test_bf16_gradient_parts_add_up_to_the_training_gradient(task, tmp_path):
-    """analysis.bf16_gradients: the weighted parts' backbone gradients sum to the gradient of
-    md.total_loss (the λ of Eq. 6 as training uses them); in float32 the comparison with
-    itself is exact, under bf16 it is not."""
-    from analysis import bf16_gradients as bg
+def fresh_mdn3_and_batch(task, tmp_path):
+    """A fresh MDN_3 small_dla in train mode, 4 synthetic training images as one batch (the
+    evaluation transform) and the task's k_j: what the gradient analyses take."""
     ann, images = make_dataset(tmp_path, task, "train", 4)
     ds = CocoDataset(ann, images, task, train=False, input_size=128)
     batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
     batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
     torch.manual_seed(0)
     net = build_model(ModelConfig(task=task, m=3, num_classes=ds.num_classes, sigma_floor=9.0 if task == "pose" else 1.0))
-    net = net.train().to(memory_format=torch.channels_last)
-    kpt = an.COCO_PERSON_SIGMAS if task == "pose" else None
+    return net.train(), batch, an.COCO_PERSON_SIGMAS if task == "pose" else None
+
+
+@pytest.mark.parametrize("task", ["pose", "det"])
+def test_bf16_gradient_parts_add_up_to_the_training_gradient(task, tmp_path):
+    """analysis.bf16_gradients: the weighted parts' backbone gradients sum to the gradient of
+    md.total_loss (the λ of Eq. 6 as training uses them); in float32 the comparison with
+    itself is exact, under bf16 it is not."""
+    from analysis import bf16_gradients as bg
+    net, batch, kpt = fresh_mdn3_and_batch(task, tmp_path)
+    net = net.to(memory_format=torch.channels_last)
     parts = bg.part_gradients(net, batch, kpt, bf16=False)
     loss, _ = md.total_loss(net(batch["input"].contiguous(memory_format=torch.channels_last)), batch, kpt_scale=kpt)
     exact = torch.cat([g.flatten() for g in torch.autograd.grad(loss, net.backbone_parameters())])
@@ -126,14 +132,7 @@ def test_gate_and_mean_paths_add_up_to_the_mixture_gradient(task, tmp_path):
     sigma sum to the whole gradient of λ * Eq. (5); --gate-grad k multiplies the gate's path
     by k and leaves the other as it is."""
     from analysis import gate_gradient as gg
-    ann, images = make_dataset(tmp_path, task, "train", 4)
-    ds = CocoDataset(ann, images, task, train=False, input_size=128)
-    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
-    batch = {k: v for k, v in batch.items() if torch.is_tensor(v)}
-    torch.manual_seed(0)
-    net = build_model(ModelConfig(task=task, m=3, num_classes=ds.num_classes, sigma_floor=9.0 if task == "pose" else 1.0))
-    net.train()
-    kpt = an.COCO_PERSON_SIGMAS if task == "pose" else None
+    net, batch, kpt = fresh_mdn3_and_batch(task, tmp_path)
     paths = gg.path_gradients(net, batch, kpt)
     part = md.REGRESSION_KEY[task]
     loss = md.LossWeights().lambdas(mixture=True)[part] * md.mixture_loss(net(batch["input"])[0], batch, kpt)
