@@ -285,6 +285,7 @@ class LossWeights:
     # gradient is small, and only the gate needs the features that tell the modes apart
     # (a front and a back component can each place their joints without knowing the view).
     # gate_grad > 1 multiplies that share (mixture_loss), leaving the loss's value as is.
+    # Measured share and effect: analysis/gate_gradient.py, RESULTS.md ("Why the gate fails").
     gate_grad: float = 1.0
 
     def lambdas(self, mixture):
