@@ -388,6 +388,8 @@ def config_from_args(args):
         raise SystemExit("--ema 1 would never move from the initial weights: give a decay below 1 (0 = off)")
     if args.sigma_floor is not None and args.m == 0:
         raise SystemExit("--sigma-floor is for the mixture (--m >= 1); the --m 0 base predicts no sigma")
+    if args.gate_grad is not None and args.m == 0:
+        raise SystemExit("--gate-grad is for the mixture (--m >= 1); the --m 0 base has no gate")
     if (args.val_ann or args.val_images) and not args.ann:
         raise SystemExit("--val-ann / --val-images need --ann (with --data the val2017 split is used)")
     if (args.test_ann is None) != (args.test_images is None):
@@ -410,8 +412,6 @@ def config_from_args(args):
     weights = {k: getattr(args, "w_" + k) for k in ("hm", "reg", "wh", "hps", "hm_hp", "hp_offset")
                if getattr(args, "w_" + k) is not None}
     if args.gate_grad is not None:
-        if args.m == 0:
-            raise SystemExit("--gate-grad is for the mixture (--m >= 1); the --m 0 base has no gate")
         weights["gate_grad"] = args.gate_grad
     pick = lambda flag, key: flag if flag is not None else preset[key]
     try:

@@ -19,22 +19,29 @@ from coco_data import run_split
 from model import build_model, load_model, model_config_of
 
 
+def single_stack(outputs):
+    """The one output dict of a single-stack network (small_dla, dla34)."""
+    if len(outputs) != 1:
+        raise ValueError("one output stack expected (small_dla, dla34), not an hourglass")
+    return outputs[0]
+
+
+def flat_gradient(loss, params):
+    """d loss / d params as one flat vector (zeros where a parameter does not contribute)."""
+    g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten() for gi, p in zip(g, params)])
+
+
 def part_gradients(model, batch, kpt_scale, bf16):
     """{part: the backbone gradient of λ_part * L_part, flattened} and "total", for one
     forward pass in float32 or under bf16 autocast. Single-output networks only."""
     x = batch["input"].contiguous(memory_format=torch.channels_last)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        outputs = model(x)
-    if len(outputs) != 1:
-        raise ValueError("one output stack expected (small_dla, dla34), not an hourglass")
-    parts = md.stack_loss(outputs[0], batch, kpt_scale)
-    lam = md.LossWeights().lambdas(mixture=md.num_components(outputs[0]) > 0)
+        out = single_stack(model(x))
+    parts = md.stack_loss(out, batch, kpt_scale)
+    lam = md.LossWeights().lambdas(mixture=md.num_components(out) > 0)
     params = model.backbone_parameters()
-    grads = {}
-    for name, value in parts.items():
-        g = torch.autograd.grad(lam[name] * value, params, retain_graph=True, allow_unused=True)
-        grads[name] = torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten()
-                                 for gi, p in zip(g, params)])
+    grads = {name: flat_gradient(lam[name] * value, params) for name, value in parts.items()}
     grads["total"] = sum(grads.values())
     return grads
 

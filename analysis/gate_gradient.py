@@ -17,7 +17,7 @@ gate's path (mdn_dense.LossWeights.gate_grad).
 import torch
 
 import mdn_dense as md
-from analysis.bf16_gradients import checkpoint_runs
+from analysis.bf16_gradients import checkpoint_runs, flat_gradient, single_stack
 
 
 def path_gradients(model, batch, kpt_scale, weights=None):
@@ -28,17 +28,11 @@ def path_gradients(model, batch, kpt_scale, weights=None):
     part = md.REGRESSION_KEY[model.cfg.task]
     lam = weights.lambdas(mixture=True)[part]
     params = model.backbone_parameters()
+    out = single_stack(model(batch["input"]))               # one forward pass serves both paths
     grads = {}
-    for path in ("gate", "means and sigmas"):
-        outputs = model(batch["input"])
-        if len(outputs) != 1:
-            raise ValueError("one output stack expected (small_dla, dla34), not an hourglass")
-        keep = {"mdn_logits"} if path == "gate" else {part, "mdn_sigma"}
-        out = {k: (v if k in keep else v.detach()) for k, v in outputs[0].items()}
-        loss = lam * md.mixture_loss(out, batch, kpt_scale, weights.gate_grad)
-        g = torch.autograd.grad(loss, params, allow_unused=True)
-        grads[path] = torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten()
-                                 for gi, p in zip(g, params)])
+    for path, keep in (("gate", {"mdn_logits"}), ("means and sigmas", {part, "mdn_sigma"})):
+        alone = {k: (v if k in keep else v.detach()) for k, v in out.items()}
+        grads[path] = flat_gradient(lam * md.mixture_loss(alone, batch, kpt_scale, weights.gate_grad), params)
     return grads
 
 
