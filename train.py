@@ -37,6 +37,7 @@ from util.flags import non_negative, positive, probability
 from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, lr_at, preset as recipe, schedule
 from analysis.plots import plot_history
 from util.ema import WeightAverage
+from util.muon import MuonAdam
 from util.weights import is_hub_name
 from util.rundir import (RunLock, check_run_folder, init_from, last_good_checkpoint, next_run_folder, resume_state,
                          run_name, save_run, stop_on_signals)
@@ -56,6 +57,7 @@ class TrainConfig:
     epochs: int = 20
     lr_steps: list = field(default_factory=list)
     lr_schedule: str = "step"       # step (the paper's) | cosine
+    optimizer: str = "adam"         # adam (the paper's) | muon (util/muon.py)
     warmup: float = 0.0             # epochs of linear warm-up
     ema: float = 0.0                # decay of the weight average evaluated and saved (0: the last weights)
     loss_weights: dict = field(default_factory=dict)
@@ -165,10 +167,13 @@ def _train(model_cfg, cfg, resume, rank, world, device):
         if rank == 0:
             print(f"--backbone-weights {model_cfg.backbone_weights}: {n} ImageNet tensors into the "
                   f"{model_cfg.arch} backbone from {path}")
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = MuonAdam(model, cfg.lr) if cfg.optimizer == "muon" else torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start_epoch, history = 0, []
     if resume:
         state = resume_state(ckpt_path, model_cfg)
+        stored = state.get("train_config", {}).get("optimizer", "adam")
+        if stored != cfg.optimizer:
+            raise SystemExit(f"--resume {ckpt_path}: the run trained with --optimizer {stored}, not {cfg.optimizer}")
         model.load_state_dict(state.get("train_model", state["model"]))   # with --ema, "model" is the average
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
@@ -317,6 +322,9 @@ def parse_args(argv=None):
     a.add_argument("--warmup", type=non_negative(float), help="epochs of linear learning-rate warm-up from lr/100 "
                                                               "(default: the preset's; the paper uses none)")
     a.add_argument("--lr", type=positive(float), help="Adam learning rate for the whole batch (default: the preset's)")
+    a.add_argument("--optimizer", choices=["adam", "muon"], default="adam",
+                   help="adam (default, the paper's); muon (not in the paper): Muon for the hidden convolutions, Adam for "
+                        "the rest, both at --lr (util/muon.py)")
     a.add_argument("--batch-size", type=positive(int), help="global batch size, split over torchrun processes; the lr is for this batch (default: the preset's)")
     a.add_argument("--input-size", type=positive(int), help="training input side in pixels, a multiple of the network's (32; 128 for hourglass104) (default: the preset's)")
     a.add_argument("--mdn-head", choices=["separate", "shared"], default="separate",
@@ -424,7 +432,7 @@ def config_from_args(args):
     cfg = TrainConfig(ann=str(ann), images=str(images), val_ann=str(val_ann), val_images=str(val_images),
                       test_ann=str(test_ann), test_images=str(test_images),
                       input_size=pick(args.input_size, "input_size"), batch_size=pick(args.batch_size, "batch_size"),
-                      lr=pick(args.lr, "lr"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
+                      lr=pick(args.lr, "lr"), optimizer=args.optimizer, epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
                       lr_schedule=args.lr_schedule or preset.get("lr_schedule", "step"),
                       warmup=args.warmup if args.warmup is not None else preset.get("warmup", 0.0),
                       ema=args.ema if args.ema is not None else preset.get("ema", 0.0),

@@ -1,0 +1,105 @@
+"""Muon for convolution weights, Adam for the rest: train.py's --optimizer muon (not in the paper,
+which trains with Adam, §4.1; a speedrun lever, ../shared/notes/speedrun.md).
+
+Muon (Jordan et al. 2024; "Muon is Scalable for LLM Training", Liu et al. 2025) replaces a weight
+matrix's momentum by its nearest semi-orthogonal matrix (five Newton-Schulz steps) before the
+update, so every direction of the layer moves at the same rate. torch.optim.Muon does exactly
+this for 2-D parameters only; a convolution's (C_out, C_in, k, k) weight is the matrix
+(C_out, C_in * k * k), so `ConvMuon` flattens the momentum, orthogonalises it as torch does and
+reshapes the update back. On a 2-D parameter it is torch.optim.Muon (tests/test_muon.py).
+
+Which weights: every convolution of the network's inside. The first layer (3 input channels),
+the depthwise up-sampling filters (1 input channel per group) and the heads' last 1x1
+convolutions (the outputs) are not hidden-layer matrices and stay with Adam, as do biases and
+BatchNorm. The update's scale follows Moonshot's rule (0.2 * sqrt(max(rows, cols))), so the
+Adam learning rate and schedule of the recipe are used for both optimisers unchanged.
+"""
+import math
+
+import torch
+
+NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)   # torch.optim.Muon's (Keller Jordan's quintic)
+
+
+def orthogonalise(G, steps=5, eps=1e-7):
+    """G (rows, cols) -> about U V^T of G's SVD, in bfloat16 as torch.optim.Muon computes it."""
+    a, b, c = NS_COEFFICIENTS
+    X = G.bfloat16()
+    tall = G.size(0) > G.size(1)
+    if tall:
+        X = X.T
+    X = X / X.norm().clamp(min=eps)          # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        A = X @ X.T                                         # (rows, rows)
+        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)   # (a + b A + c A^2) X
+    return X.T if tall else X
+
+
+class ConvMuon(torch.optim.Optimizer):
+    """Muon on parameters of two or more dimensions, each seen as (shape[0], rest)."""
+
+    def __init__(self, params, lr=1e-3, momentum=0.95, nesterov=True, weight_decay=0.0, ns_steps=5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov,
+                                      weight_decay=weight_decay, ns_steps=ns_steps))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(f"Muon needs a weight of 2 or more dimensions, got {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            mu, lr = group["momentum"], group["lr"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.reshape(p.shape[0], -1)                    # (C_out, C_in * k * k)
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
+                buf.lerp_(g, 1 - mu)
+                update = orthogonalise(g.lerp(buf, mu) if group["nesterov"] else buf, group["ns_steps"])
+                p.mul_(1 - lr * group["weight_decay"])
+                scale = 0.2 * math.sqrt(max(g.shape))                 # Moonshot's: Adam's lr carries over
+                p.add_(update.reshape(p.shape).to(p.dtype), alpha=-lr * scale)
+
+
+def is_hidden_conv(name, p):
+    """A weight Muon should take: a convolution inside the network (see the docstring)."""
+    return p.ndim == 4 and p.shape[1] > 3 and not (name.startswith("heads.") and name.endswith(".2.weight"))
+
+
+class MuonAdam:
+    """ConvMuon for the hidden convolutions, Adam for everything else, stepped together. The
+    param_groups of both are exposed as one list, so the lr schedule sets every group."""
+
+    def __init__(self, model, lr):
+        named = list(model.named_parameters())
+        self.muon = ConvMuon([p for n, p in named if is_hidden_conv(n, p)], lr=lr)
+        self.adam = torch.optim.Adam([p for n, p in named if not is_hidden_conv(n, p)], lr=lr)
+        self.param_groups = self.muon.param_groups + self.adam.param_groups
+
+    def zero_grad(self, set_to_none=True):
+        self.muon.zero_grad(set_to_none)
+        self.adam.zero_grad(set_to_none)
+
+    def step(self):
+        self.muon.step()
+        self.adam.step()
+
+    def state_dict(self):
+        """One state dict as a single optimiser's: Adam's parameter indices follow Muon's."""
+        muon, adam = self.muon.state_dict(), self.adam.state_dict()
+        shift = sum(len(g["params"]) for g in muon["param_groups"])
+        groups = muon["param_groups"] + [dict(g, params=[i + shift for i in g["params"]]) for g in adam["param_groups"]]
+        return {"state": {**muon["state"], **{i + shift: s for i, s in adam["state"].items()}}, "param_groups": groups}
+
+    def load_state_dict(self, state):
+        n = len(self.muon.param_groups)
+        shift = sum(len(g["params"]) for g in state["param_groups"][:n])
+        self.muon.load_state_dict({"state": {i: s for i, s in state["state"].items() if i < shift},
+                                   "param_groups": state["param_groups"][:n]})
+        self.adam.load_state_dict({"state": {i - shift: s for i, s in state["state"].items() if i >= shift},
+                                   "param_groups": [dict(g, params=[i - shift for i in g["params"]])
+                                                    for g in state["param_groups"][n:]]})
