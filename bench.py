@@ -4,7 +4,7 @@
     python bench.py --quick         # fewer iterations (a smoke check, numbers are noisy)
     python bench.py --device cuda   # adds 512x512 bf16 rows for the paper's networks
 
-Rows: a training step (forward + backward + Adam) per architecture preset and rung of
+Rows: a training step (forward + backward + the optimiser) per architecture preset and rung of
 the --m ladder (the MDN_3 vs base overhead, target <= 5 %, in time and in forward FLOPs:
 the FLOPs do not depend on the machine; for the official separate heads and for
 --mdn-head shared), NMS-free decoding per image,
@@ -39,12 +39,13 @@ from util import precision as px
 from model import ModelConfig, build_model, default_sigma_floor, head_channels
 from annotations import COCO_PERSON_SIGMAS
 from util.ema import WeightAverage
+from util.muon import MuonAdam
 from util.recipes import preset
 
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"
 # The CPU demo's train step before the speedrun preset (fp32 in the contiguous layout, batch
-# 32, 20 epochs, no weight average), timed beside today's preset in the same command.
-OLD_DEMO = dict(batch=32, epochs=20, layout="contiguous", ema=0.0)
+# 32, 20 epochs, no weight average, Adam), timed beside today's preset in the same command.
+OLD_DEMO = dict(batch=32, epochs=20, layout="contiguous", ema=0.0, optimizer="adam")
 
 
 def timed(fn, warmup, iters, cuda):
@@ -80,25 +81,26 @@ def synthetic_batch(task, B, size, device, num_classes):
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def training_setup(arch, task, m, size, batch, device, head="separate", fmt=torch.contiguous_format):
-    """(model, Adam, input x, synthetic targets) of one configuration, in memory format fmt."""
+def training_setup(arch, task, m, size, batch, device, head="separate", fmt=torch.contiguous_format, optimizer="adam"):
+    """(model, optimiser, input x, synthetic targets) of one configuration, in memory format fmt;
+    optimizer: adam or muon, as train.py --optimizer."""
     num_classes = 80 if task == "det" else 1
     model = build_model(ModelConfig(task=task, m=m, arch=arch, num_classes=num_classes, mdn_head=head,
                                     sigma_floor=default_sigma_floor(task, arch))).to(device)
     model = model.to(memory_format=fmt)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = MuonAdam(model, lr=1e-4) if optimizer == "muon" else torch.optim.Adam(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     return model, opt, x, synthetic_batch(task, batch, size, device, num_classes)
 
 
 def train_step(arch, task, m, size, batch, device, head="separate", precision="fp32", layout=None, ema=0.0,
-               compile=False):
+               compile=False, optimizer="adam"):
     """(step, forward, model) of one configuration. layout: "contiguous" overrides the
     precision's memory format; ema: a weight-average decay (its update is part of the step,
     as in train.py --ema); compile: the step's forward through torch.compile (inductor), as
     train.py --compile (the first warm-up step pays the compilation)."""
     fmt = torch.contiguous_format if layout == "contiguous" else px.memory_format(precision)
-    model, opt, x, targets = training_setup(arch, task, m, size, batch, device, head, fmt)
+    model, opt, x, targets = training_setup(arch, task, m, size, batch, device, head, fmt, optimizer)
     average = WeightAverage(model, ema) if ema else None
     net = torch.compile(model) if compile else model
 
@@ -119,9 +121,10 @@ def train_step(arch, task, m, size, batch, device, head="separate", precision="f
 
 
 def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate", precision="fp32",
-              layout=None, ema=0.0):
+              layout=None, ema=0.0, optimizer="adam"):
     cuda = device.type == "cuda"
-    step, forward, model = train_step(arch, task, m, size, batch, device, head, precision, layout, ema)
+    step, forward, model = train_step(arch, task, m, size, batch, device, head, precision, layout, ema,
+                                      optimizer=optimizer)
     model.train()
     s_train = timed(step, warmup, iters, cuda)
     model.eval()
@@ -150,11 +153,13 @@ def row_pair(specs, device, warmup, iters):
     return {"train ms/img": [1000 * statistics.median(t) / s["batch"] for t, s in zip(times, specs)]}
 
 
-def row_parts(arch, task, m, size, batch, device, warmup, iters, precision="fp32"):
+def row_parts(arch, task, m, size, batch, device, warmup, iters, precision="fp32", optimizer="adam"):
     """Where one train step's time goes: backbone forward, heads forward, loss, backward,
-    Adam, timed apart (median ms/img each). -> {"parts ms/img": {part: ms}}."""
-    model, opt, x, targets = training_setup(arch, task, m, size, batch, device, fmt=px.memory_format(precision))
-    seen = {k: [] for k in ("backbone forward", "heads forward", "loss", "backward", "Adam")}
+    the optimiser (Adam or Muon + Adam), timed apart (median ms/img each). -> {"parts ms/img": {part: ms}}."""
+    model, opt, x, targets = training_setup(arch, task, m, size, batch, device, fmt=px.memory_format(precision),
+                                            optimizer=optimizer)
+    name = "Muon + Adam" if optimizer == "muon" else "Adam"
+    seen = {k: [] for k in ("backbone forward", "heads forward", "loss", "backward", name)}
     marks = []
 
     def mark():   # the GPU runs asynchronously: wait for it before reading the clock
@@ -253,12 +258,12 @@ def run_row(spec):
     if kind == "train":
         res = row_train(spec["arch"], spec["task"], spec["m"], spec["size"], spec["batch"], device, w, it,
                         spec.get("head", "separate"), spec.get("precision", "fp32"), spec.get("layout"),
-                        spec.get("ema", 0.0))
+                        spec.get("ema", 0.0), spec.get("optimizer", "adam"))
     elif kind == "pair":
         res = row_pair(spec["specs"], device, w, 2 * it)
     elif kind == "parts":
         res = row_parts(spec["arch"], spec["task"], spec["m"], spec["size"], spec["batch"], device, w, 2 * it,
-                        spec.get("precision", "fp32"))
+                        spec.get("precision", "fp32"), spec.get("optimizer", "adam"))
     elif kind == "decode":
         res = row_decode(spec["task"], spec["m"], spec["size"], device, w, it)
     elif kind == "infer":   # ~10 ms per image at 128 px: 10x the iterations there
@@ -306,12 +311,12 @@ def rows(args):
     for spec in demo_specs(auto):
         if spec not in specs:
             specs.append(spec)
-    keys = ("arch", "task", "m", "size", "batch", "precision", "layout", "ema")
+    keys = ("arch", "task", "m", "size", "batch", "precision", "layout", "ema", "optimizer")
     pair = [{k: s[k] for k in keys if k in s} for s in demo_specs(auto)]
     if args.compile:   # today's step again, through torch.compile
         pair.append(dict(pair[-1], compile=True))
     specs.append(dict(kind="pair", arch="small_dla", task="pose", size=128, precision=auto, specs=pair))
-    today = {k: v for k, v in pair[1].items() if k in ("arch", "task", "m", "size", "batch", "precision")}
+    today = {k: v for k, v in pair[1].items() if k in ("arch", "task", "m", "size", "batch", "precision", "optimizer")}
     specs.append(dict(kind="parts", **today))
     for task in ("det", "pose"):
         specs.append(dict(kind="decode", task=task, m=3, size=512))
@@ -334,7 +339,7 @@ def row_name(spec):
         return f"pair {spec['arch']} {spec['task']} {spec['size']} {spec['precision']}: the pose demo's old and new step"
     return " ".join(str(spec[k]) if k != "ema" else f"ema {spec[k]}"
                     for k in ("kind", "arch", "task", "m", "head", "size", "batch", "device", "precision",
-                              "layout", "ema", "backend") if k in spec) + (" compiled" if spec.get("compile") else "")
+                              "layout", "ema", "optimizer", "backend") if k in spec) + (" compiled" if spec.get("compile") else "")
 
 
 def demo_specs(precision, device=None):
@@ -343,7 +348,8 @@ def demo_specs(precision, device=None):
     where = dict(device=device) if device else {}
     return [dict(kind="train", arch="small_dla", task="pose", size=128, m=3, precision=precision, **where,
                  **{k: v for k, v in r.items() if k != "epochs" and v})
-            for r in (OLD_DEMO, dict(batch=demo["batch_size"], ema=demo.get("ema", 0.0)))]
+            for r in (OLD_DEMO, dict(batch=demo["batch_size"], ema=demo.get("ema", 0.0),
+                                     optimizer=demo.get("optimizer", "adam")))]
 
 
 def demo_line(by_name, precision, device):

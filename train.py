@@ -6,8 +6,9 @@
 
 (--mdn is --m under another name: torchrun would read --m as one of its own flags.)
 
-A plain loop: Adam, step decay, the total loss of Eq. (6) (mdn_dense.total_loss) averaged
-over hourglass stacks, one JSON line per epoch, an atomic checkpoint per epoch, COCO AP
+A plain loop: Adam (the pose demo: Muon for the hidden convolutions, util/muon.py), step
+decay, the total loss of Eq. (6) (mdn_dense.total_loss) averaged over hourglass stacks, one
+JSON line per epoch, an atomic checkpoint per epoch, COCO AP
 at the end (evaluate.py) for the full model and for each component. The network comes
 from model.py; this file turns the command line into a ModelConfig and a TrainConfig.
 """
@@ -311,7 +312,7 @@ def parse_args(argv=None):
     d.add_argument("--max-images", type=non_negative(int), default=0, help="use only the first N images of each split (quick checks; default 0 = all)")
     a = p.add_argument_group(
         "model and schedule (defaults: the preset of --arch and --task; on the synthetic data small_dla at "
-        f"{demo['input_size']} px, for pose batch {demo['batch_size']}, Adam {demo['lr']}, {demo['epochs']} epochs, "
+        f"{demo['input_size']} px, for pose batch {demo['batch_size']}, {'Muon + Adam' if demo.get('optimizer') == 'muon' else 'Adam'} at lr {demo['lr']}, {demo['epochs']} epochs, "
         f"lr x0.1 at {demo['lr_steps']}; detection batch {recipe('small_dla', 'det')['batch_size']}; util/recipes.py)")
     a.add_argument("--arch", choices=list(ARCHS), help="network: hourglass104 / dla34 (paper) or small_hourglass / small_dla (CPU demos). Default: small_dla without --data/--ann, hourglass104 with")
     a.add_argument("--schedule", choices=list(HOURGLASS_SCHEDULES), help="hourglass104 only: 1x / 2x / 3x = 50 / 100 / 150 epochs, lr x0.1 ten epochs before the end (default 1x)")
@@ -322,9 +323,9 @@ def parse_args(argv=None):
     a.add_argument("--warmup", type=non_negative(float), help="epochs of linear learning-rate warm-up from lr/100 "
                                                               "(default: the preset's; the paper uses none)")
     a.add_argument("--lr", type=positive(float), help="Adam learning rate for the whole batch (default: the preset's)")
-    a.add_argument("--optimizer", choices=["adam", "muon"], default="adam",
-                   help="adam (default, the paper's); muon (not in the paper): Muon for the hidden convolutions, Adam for "
-                        "the rest, both at --lr (util/muon.py)")
+    a.add_argument("--optimizer", choices=["adam", "muon"],
+                   help="adam (the paper's); muon (not in the paper): Muon for the hidden convolutions, Adam for the "
+                        "rest, both at --lr (util/muon.py). Default: the preset's (muon for the pose demo, else adam)")
     a.add_argument("--batch-size", type=positive(int), help="global batch size, split over torchrun processes; the lr is for this batch (default: the preset's)")
     a.add_argument("--input-size", type=positive(int), help="training input side in pixels, a multiple of the network's (32; 128 for hourglass104) (default: the preset's)")
     a.add_argument("--mdn-head", choices=["separate", "shared"], default="separate",
@@ -432,7 +433,7 @@ def config_from_args(args):
     cfg = TrainConfig(ann=str(ann), images=str(images), val_ann=str(val_ann), val_images=str(val_images),
                       test_ann=str(test_ann), test_images=str(test_images),
                       input_size=pick(args.input_size, "input_size"), batch_size=pick(args.batch_size, "batch_size"),
-                      lr=pick(args.lr, "lr"), optimizer=args.optimizer, epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
+                      lr=pick(args.lr, "lr"), optimizer=args.optimizer or preset.get("optimizer", "adam"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
                       lr_schedule=args.lr_schedule or preset.get("lr_schedule", "step"),
                       warmup=args.warmup if args.warmup is not None else preset.get("warmup", 0.0),
                       ema=args.ema if args.ema is not None else preset.get("ema", 0.0),

@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import bench
+from util.recipes import preset
 from util import precision as px
 import mdn_dense as md
 from model import ModelConfig, build_model
@@ -87,11 +88,12 @@ def test_compile_adds_todays_step_compiled_to_the_pair_row():
 
 
 def test_the_parts_row_splits_todays_step(capsys):
-    """The parts row times backbone, heads, loss, backward and Adam apart; each is positive
-    and the backward pass is not free."""
+    """The parts row times backbone, heads, loss, backward and the preset's optimiser apart;
+    each is positive and the backward pass is not free."""
     bench.main(["--quick", "--only", "parts small_dla pose"])
     printed = capsys.readouterr().out
     rows = {line.split(" (")[0].strip(): float(line.split()[-1]) for line in printed.splitlines()
             if line.startswith("  ") and " %)" in line}
-    assert set(rows) == {"backbone forward", "heads forward", "loss", "backward", "Adam"}
+    optimiser = {"muon": "Muon + Adam", "adam": "Adam"}[preset("small_dla", "pose").get("optimizer", "adam")]
+    assert set(rows) == {"backbone forward", "heads forward", "loss", "backward", optimiser}
     assert all(ms > 0 for ms in rows.values()) and rows["backward"] > rows["loss"]

@@ -20,11 +20,20 @@ def test_train_defaults_are_the_task_preset_and_flags_win(task, tmp_path):
     data = ["--ann", str(tmp_path / "a.json"), "--images", str(tmp_path), "--arch", "small_dla", "--task", task]
     _, cfg = train.config_from_args(train.parse_args(data + ["--out", str(tmp_path / "r")]))
     want = preset("small_dla", task)
-    assert (cfg.batch_size, cfg.epochs, cfg.lr_steps, cfg.lr, cfg.ema) == (
-        want["batch_size"], want["epochs"], want["lr_steps"], want["lr"], want.get("ema", 0.0))
+    assert (cfg.batch_size, cfg.epochs, cfg.lr_steps, cfg.lr, cfg.ema, cfg.optimizer) == (
+        want["batch_size"], want["epochs"], want["lr_steps"], want["lr"], want.get("ema", 0.0),
+        want.get("optimizer", "adam"))
+    other = {"adam": "muon", "muon": "adam"}[cfg.optimizer]
     _, cfg = train.config_from_args(train.parse_args(data + ["--out", str(tmp_path / "r"), "--batch-size", "4",
-                                                            "--ema", "0", "--epochs", "3", "--lr-steps", "2"]))
-    assert (cfg.batch_size, cfg.ema, cfg.epochs, cfg.lr_steps) == (4, 0.0, 3, [2])
+                                                            "--ema", "0", "--epochs", "3", "--lr-steps", "2",
+                                                            "--optimizer", other]))
+    assert (cfg.batch_size, cfg.ema, cfg.epochs, cfg.lr_steps, cfg.optimizer) == (4, 0.0, 3, [2], other)
+
+
+def test_the_pose_demo_trains_with_muon_and_the_paper_presets_with_adam():
+    assert preset("small_dla", "pose")["optimizer"] == "muon"
+    assert all(preset(arch, task).get("optimizer", "adam") == "adam"
+               for arch in PRESETS for task in ("det", "pose") if (arch, task) != ("small_dla", "pose"))
 
 
 def test_gate_grad_flag_reaches_the_loss_weights_for_the_mixture_only(tmp_path):
