@@ -12,7 +12,8 @@ Which weights: every convolution of the network's inside. The first layer (3 inp
 the depthwise up-sampling filters (1 input channel per group) and the heads' last 1x1
 convolutions (the outputs) are not hidden-layer matrices and stay with Adam, as do biases and
 BatchNorm. The update's scale follows Moonshot's rule (0.2 * sqrt(max(rows, cols))), so the
-Adam learning rate and schedule of the recipe are used for both optimisers unchanged.
+Adam learning rate and schedule of the recipe are used for both optimisers unchanged. Momentum
+0.95 with Nesterov's correction, as torch's defaults; no weight decay, as the paper's Adam.
 """
 import math
 
