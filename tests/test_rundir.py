@@ -18,6 +18,7 @@ import torch
 
 import model as model_module
 import train
+from util.muon import MuonAdam
 from model import read_checkpoint
 from util.rundir import RunLock, _start_time, next_run_folder, non_finite, read_log, run_name, set_aside, write_log
 from synthetic_coco import make_dataset
@@ -42,9 +43,9 @@ def all_finite(path):
 # ----------------------------------------------------------------------------- divergence
 def test_divergence_stops_without_saving_and_the_named_checkpoint_is_good(tiny, tmp_path):
     run = tmp_path / "run"
-    train.main(argv(tiny, run, "--epochs", "1"))
+    train.main(argv(tiny, run, "--epochs", "1", "--optimizer", "adam"))   # Adam at lr 1e8 diverges; Muon's steps are bounded
     with pytest.raises(SystemExit, match=r"(not finite|non-finite loss).*Last good checkpoint: .*ckpt.pt \(after epoch 1\)"):
-        train.main(argv(tiny, run, "--epochs", "6", "--lr", "1e8", "--resume"))
+        train.main(argv(tiny, run, "--epochs", "6", "--lr", "1e8", "--resume", "--optimizer", "adam"))
     assert all_finite(run / "ckpt.pt") and read_checkpoint(run / "ckpt.pt")["epoch"] == 0
 
 
@@ -58,6 +59,16 @@ def test_non_finite_weights_are_found_in_model_and_optimizer():
         net.bias[0] = float("nan")
     opt.state[net.weight]["exp_avg"][0, 0] = float("inf")
     assert non_finite(net, opt) == ["bias", "optimizer.state[0].exp_avg"]
+
+
+def test_non_finite_finds_muons_momentum():
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Conv2d(8, 2, 1))
+    opt = MuonAdam(net, lr=1e-3)
+    net(torch.ones(1, 4, 5, 5)).sum().backward()
+    opt.step()
+    assert non_finite(net, opt) == []
+    opt.muon.state[net[0].weight]["momentum_buffer"][0, 0] = float("nan")
+    assert non_finite(net, opt) == ["optimizer.state[0].momentum_buffer"]
 
 
 # ----------------------------------------------------------------------------- disk
@@ -191,7 +202,8 @@ def test_lr_steps_follow_the_epochs(tiny, monkeypatch):
     import synthetic_coco
     monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny, "val": tiny, "test": tiny})
     cfg = lambda *a: train.config_from_args(train.parse_args(list(a)))[1]
-    assert cfg().lr_steps == [15] and cfg("--epochs", "4").lr_steps == [3]
+    # the pose demo preset: 12 epochs, x0.1 at 9; other epoch counts scale the step (9 * 4 / 12 = 3)
+    assert cfg().lr_steps == [9] and cfg("--epochs", "4").lr_steps == [3] and cfg("--epochs", "20").lr_steps == [15]
     assert cfg("--epochs", "4", "--lr-steps").lr_steps == [] and cfg("--lr-steps", "2", "5").lr_steps == [2, 5]
 
 

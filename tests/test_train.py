@@ -150,13 +150,13 @@ def test_muon_run_resumes_exactly_and_refuses_another_optimizer(tiny_pose, tmp_p
     train.main(args_for(tiny_pose, tmp_path / "a", "--epochs", "2", *muon))
     train.main(args_for(tiny_pose, tmp_path / "b", "--epochs", "1", *muon))
     with pytest.raises(SystemExit, match=r"trained with --optimizer muon, not adam"):
-        train.main(args_for(tiny_pose, tmp_path / "b", "--epochs", "2", "--resume"))
+        train.main(args_for(tiny_pose, tmp_path / "b", "--epochs", "2", "--resume", "--optimizer", "adam"))
     train.main(args_for(tiny_pose, tmp_path / "b", "--epochs", "2", "--resume", *muon))
     a = torch.load(tmp_path / "a" / "ckpt.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=True)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    train.main(args_for(tiny_pose, tmp_path / "c", "--epochs", "1"))
+    train.main(args_for(tiny_pose, tmp_path / "c", "--epochs", "1", "--optimizer", "adam"))
     c = torch.load(tmp_path / "c" / "ckpt.pt", weights_only=True)
     assert a["train_config"]["optimizer"] == "muon" and c["train_config"]["optimizer"] == "adam"
     assert len(a["optimizer"]["param_groups"]) == 2 and len(c["optimizer"]["param_groups"]) == 1
