@@ -39,7 +39,7 @@ from util import precision as px
 from model import ModelConfig, build_model, default_sigma_floor, head_channels
 from annotations import COCO_PERSON_SIGMAS
 from util.ema import WeightAverage
-from util.muon import MuonAdam
+from util.muon import build_optimizer
 from util.recipes import preset
 
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"
@@ -88,7 +88,7 @@ def training_setup(arch, task, m, size, batch, device, head="separate", fmt=torc
     model = build_model(ModelConfig(task=task, m=m, arch=arch, num_classes=num_classes, mdn_head=head,
                                     sigma_floor=default_sigma_floor(task, arch))).to(device)
     model = model.to(memory_format=fmt)
-    opt = MuonAdam(model, lr=1e-4) if optimizer == "muon" else torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, optimizer, lr=1e-4)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
     return model, opt, x, synthetic_batch(task, batch, size, device, num_classes)
 
@@ -349,7 +349,7 @@ def demo_specs(precision, device=None):
     return [dict(kind="train", arch="small_dla", task="pose", size=128, m=3, precision=precision, **where,
                  **{k: v for k, v in r.items() if k != "epochs" and v})
             for r in (OLD_DEMO, dict(batch=demo["batch_size"], ema=demo.get("ema", 0.0),
-                                     optimizer=demo.get("optimizer", "adam")))]
+                                     optimizer=demo["optimizer"]))]
 
 
 def demo_line(by_name, precision, device):

@@ -38,7 +38,7 @@ from util.flags import non_negative, positive, probability
 from util.recipes import HOURGLASS_SCHEDULES, LR_SCHEDULES, lr_at, preset as recipe, schedule
 from analysis.plots import plot_history
 from util.ema import WeightAverage
-from util.muon import MuonAdam
+from util.muon import OPTIMIZERS, build_optimizer
 from util.weights import is_hub_name
 from util.rundir import (RunLock, check_run_folder, init_from, last_good_checkpoint, next_run_folder, resume_state,
                          run_name, save_run, stop_on_signals)
@@ -168,7 +168,7 @@ def _train(model_cfg, cfg, resume, rank, world, device):
         if rank == 0:
             print(f"--backbone-weights {model_cfg.backbone_weights}: {n} ImageNet tensors into the "
                   f"{model_cfg.arch} backbone from {path}")
-    optimizer = MuonAdam(model, cfg.lr) if cfg.optimizer == "muon" else torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr)
     start_epoch, history = 0, []
     if resume:
         state = resume_state(ckpt_path, model_cfg)
@@ -312,7 +312,7 @@ def parse_args(argv=None):
     d.add_argument("--max-images", type=non_negative(int), default=0, help="use only the first N images of each split (quick checks; default 0 = all)")
     a = p.add_argument_group(
         "model and schedule (defaults: the preset of --arch and --task; on the synthetic data small_dla at "
-        f"{demo['input_size']} px, for pose batch {demo['batch_size']}, {'Muon + Adam' if demo.get('optimizer') == 'muon' else 'Adam'} at lr {demo['lr']}, {demo['epochs']} epochs, "
+        f"{demo['input_size']} px, for pose batch {demo['batch_size']}, {'Muon + Adam' if demo['optimizer'] == 'muon' else 'Adam'} at lr {demo['lr']}, {demo['epochs']} epochs, "
         f"lr x0.1 at {demo['lr_steps']}; detection batch {recipe('small_dla', 'det')['batch_size']}; util/recipes.py)")
     a.add_argument("--arch", choices=list(ARCHS), help="network: hourglass104 / dla34 (paper) or small_hourglass / small_dla (CPU demos). Default: small_dla without --data/--ann, hourglass104 with")
     a.add_argument("--schedule", choices=list(HOURGLASS_SCHEDULES), help="hourglass104 only: 1x / 2x / 3x = 50 / 100 / 150 epochs, lr x0.1 ten epochs before the end (default 1x)")
@@ -323,7 +323,7 @@ def parse_args(argv=None):
     a.add_argument("--warmup", type=non_negative(float), help="epochs of linear learning-rate warm-up from lr/100 "
                                                               "(default: the preset's; the paper uses none)")
     a.add_argument("--lr", type=positive(float), help="Adam learning rate for the whole batch (default: the preset's)")
-    a.add_argument("--optimizer", choices=["adam", "muon"],
+    a.add_argument("--optimizer", choices=OPTIMIZERS,
                    help="adam (the paper's); muon (not in the paper): Muon for the hidden convolutions, Adam for the "
                         "rest, both at --lr (util/muon.py). Default: the preset's (muon for the pose demo, else adam)")
     a.add_argument("--batch-size", type=positive(int), help="global batch size, split over torchrun processes; the lr is for this batch (default: the preset's)")
@@ -433,7 +433,7 @@ def config_from_args(args):
     cfg = TrainConfig(ann=str(ann), images=str(images), val_ann=str(val_ann), val_images=str(val_images),
                       test_ann=str(test_ann), test_images=str(test_images),
                       input_size=pick(args.input_size, "input_size"), batch_size=pick(args.batch_size, "batch_size"),
-                      lr=pick(args.lr, "lr"), optimizer=args.optimizer or preset.get("optimizer", "adam"), epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
+                      lr=pick(args.lr, "lr"), optimizer=args.optimizer or preset["optimizer"], epochs=epochs, lr_steps=lr_steps, loss_weights=weights,
                       lr_schedule=args.lr_schedule or preset.get("lr_schedule", "step"),
                       warmup=args.warmup if args.warmup is not None else preset.get("warmup", 0.0),
                       ema=args.ema if args.ema is not None else preset.get("ema", 0.0),

@@ -104,3 +104,11 @@ class MuonAdam:
         self.adam.load_state_dict({"state": {i - shift: s for i, s in state["state"].items() if i >= shift},
                                    "param_groups": [dict(g, params=[i - shift for i in g["params"]])
                                                     for g in state["param_groups"][n:]]})
+
+
+OPTIMIZERS = ("adam", "muon")
+
+
+def build_optimizer(model, name, lr):
+    """train.py's --optimizer: "adam" (the paper's) or "muon" (MuonAdam), both at lr."""
+    return MuonAdam(model, lr) if name == "muon" else torch.optim.Adam(model.parameters(), lr=lr)

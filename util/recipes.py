@@ -16,10 +16,10 @@ import math
 # this project's CPU demos on the synthetic data (their lr is ten times the paper's: the small
 # networks train from scratch in 20 epochs; RESULTS.md has the recipe search).
 PRESETS = {
-    "hourglass104": dict(input_size=512, batch_size=12, lr=2.5e-4, epochs=50, lr_steps=[40]),
-    "dla34": dict(input_size=512, batch_size=32, lr=2e-4, epochs=140, lr_steps=[90, 120]),
-    "small_hourglass": dict(input_size=128, batch_size=32, lr=2.5e-3, epochs=20, lr_steps=[15]),
-    "small_dla": dict(input_size=128, batch_size=32, lr=2.5e-3, epochs=20, lr_steps=[15]),
+    "hourglass104": dict(input_size=512, batch_size=12, lr=2.5e-4, epochs=50, lr_steps=[40], optimizer="adam"),
+    "dla34": dict(input_size=512, batch_size=32, lr=2e-4, epochs=140, lr_steps=[90, 120], optimizer="adam"),
+    "small_hourglass": dict(input_size=128, batch_size=32, lr=2.5e-3, epochs=20, lr_steps=[15], optimizer="adam"),
+    "small_dla": dict(input_size=128, batch_size=32, lr=2.5e-3, epochs=20, lr_steps=[15], optimizer="adam"),
 }
 HOURGLASS_SCHEDULES = {"1x": 50, "2x": 100, "3x": 150}  # hourglass104: lr drop 10 epochs before the end
 
