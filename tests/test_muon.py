@@ -1,11 +1,12 @@
-"""util/muon.py: ConvMuon against torch.optim.Muon (the oracle), the parameter split, resume."""
+"""util/muon.py: the Newton-Schulz steps against torch's iteration in float64 (the oracle), ConvMuon
+against torch.optim.Muon, the parameter split, resume."""
 import copy
 
 import pytest
 import torch
 
 from model import ModelConfig, build_model
-from util.muon import ConvMuon, MuonAdam, is_hidden_conv
+from util.muon import NS_COEFFICIENTS, ConvMuon, MuonAdam, is_hidden_conv, orthogonalise
 
 
 def run(opt_cls, param, grads, **kw):
@@ -16,15 +17,57 @@ def run(opt_cls, param, grads, **kw):
     return param.detach()
 
 
-@pytest.mark.parametrize("shape", [(8, 20), (20, 8)])
-def test_conv_muon_is_torch_muon_on_a_matrix(shape):
+def torch_iteration(G, steps=5):
+    """torch.optim.Muon's Newton-Schulz iteration on one matrix, in float64: the oracle."""
+    a, b, c = NS_COEFFICIENTS
+    X = G.double()
+    tall = X.size(0) > X.size(1)
+    X = X.T if tall else X
+    X = X / X.norm()
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if tall else X
+
+
+@pytest.mark.parametrize("shape", [(8, 20), (20, 8), (16, 16), (32, 288), (1, 5)])
+def test_gram_form_is_torchs_iteration(shape):
+    torch.manual_seed(0)
+    G = torch.randn(shape, dtype=torch.float64) * torch.logspace(0, -3, shape[1], dtype=torch.float64)
+    ref = torch_iteration(G)
+    assert torch.allclose(orthogonalise(G), ref, rtol=0, atol=1e-10)            # exact arithmetic: equal
+    # float32: the Gram matrix squares the condition number, so this G (singular values over
+    # three decades) keeps ~3 digits when square, ~5 when wide; torch's bfloat16 keeps ~2
+    atol = 1e-3 if max(shape) < 2 * min(shape) else 2e-5
+    assert torch.allclose(orthogonalise(G.float()).double(), ref, rtol=0, atol=atol)
+
+
+def test_newton_schulz_makes_a_matrix_near_orthogonal():
+    torch.manual_seed(2)
+    s = torch.linalg.svdvals(orthogonalise(torch.randn(32, 288)))
+    assert 0.5 < s.min() and s.max() < 1.3             # torch's quintic: singular values in ~(0.7, 1.2)
+
+
+def test_a_stack_is_each_matrix_alone():
+    torch.manual_seed(1)
+    G = torch.randn(5, 12, 40)
+    stacked = orthogonalise(G)
+    for i in range(5):
+        assert torch.allclose(stacked[i], orthogonalise(G[i]), rtol=0, atol=1e-6)
+    assert torch.allclose(orthogonalise(G.mT), stacked.mT, rtol=0, atol=1e-6)   # the tall side
+
+
+@pytest.mark.parametrize("shape", [(8, 20), (20, 8), (64, 576)])
+def test_conv_muon_steps_as_torch_muon(shape):
+    """The same update rule as torch.optim.Muon (momentum, Nesterov, scale, weight decay); torch
+    runs its Newton-Schulz steps in bfloat16 (8 significant bits), so the updates agree to ~1 %."""
     torch.manual_seed(0)
     w, grads = torch.randn(shape), [torch.randn(shape) for _ in range(4)]
     ours = run(ConvMuon, torch.nn.Parameter(w.clone()), grads, lr=0.01, weight_decay=0.1)
     theirs = run(torch.optim.Muon, torch.nn.Parameter(w.clone()), grads, lr=0.01, weight_decay=0.1,
                  adjust_lr_fn="match_rms_adamw")
     assert not torch.equal(ours, w)
-    assert torch.equal(ours, theirs)
+    assert (ours - theirs).norm() < 0.02 * (theirs - w).norm()
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -34,8 +77,7 @@ def test_conv_weight_moves_as_its_flattened_matrix(channels_last):
     grads = [torch.randn(6, 4, 3, 3) for _ in range(3)]
     p = torch.nn.Parameter(w.clone().contiguous(memory_format=torch.channels_last) if channels_last else w.clone())
     ours = run(ConvMuon, p, grads, lr=0.01)
-    flat = run(torch.optim.Muon, torch.nn.Parameter(w.reshape(6, -1).clone()), [g.reshape(6, -1) for g in grads],
-               lr=0.01, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
+    flat = run(ConvMuon, torch.nn.Parameter(w.reshape(6, -1).clone()), [g.reshape(6, -1) for g in grads], lr=0.01)
     assert torch.equal(ours.reshape(6, -1), flat)
 
 
