@@ -11,6 +11,7 @@ datasets of synthetic_coco.py: a COCO annotation JSON plus an image folder, read
   CocoDataset                     the torch Dataset for task "det" or "pose"; oks_sigmas
                                   from the category's "sigmas" (COCO's for COCO's names)
   CocoDataset.check_trainable     a clear error when a split cannot train (no usable data)
+  CocoDataset.hold_images         decode a small set once and keep its pixels in memory
 
 Coordinates are continuous (transforms.py): the output map is input / 4.
 
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 from pycocotools.coco import COCO
+from tqdm import tqdm
 
 from annotations import default_oks_sigmas, flip_index, load_coco, skeleton_pairs
 from transforms import (BadImageError, affine_matrix, apply_affine, invert_affine, letterbox, read_image, to_input,
@@ -211,6 +213,7 @@ class CocoDataset(torch.utils.data.Dataset):
         self.cat_to_class = {c: i for i, c in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
         self._hold_records()
+        self._pixels, self._pixel_start = None, None          # hold_images
         self.image_ids = sorted(coco.imgs)
         if task == "pose" and train:
             self.image_ids = [i for i in self.image_ids if self.annotations(i)]
@@ -316,10 +319,33 @@ class CocoDataset(torch.utils.data.Dataset):
                              f"with drop_last the loader makes no batch (lower the batch size)")
         return with_objects
 
+    def hold_images(self, progress=False):
+        """Decode every image of image_ids once and keep the pixels, so that later epochs skip
+        the file and the JPEG decoder (0.35 ms of a 128 x 128 image's 1.8 ms here). For small
+        sets: the synthetic demo's 2,000 images take 98 MB; COCO train2017 would take ~100 GB.
+        The pixels sit in one numpy buffer (loader workers share it, as the records). An image
+        that cannot be read is not held: drawing it raises (or skips) as without holding."""
+        rows = np.array([self._row(i) for i in self.image_ids], np.int64)
+        sizes = self._rec_sizes[rows].prod(1) * 3                              # (n,) bytes of RGB
+        start = np.full(len(self._rec_ids), -1, np.int64)
+        start[rows] = np.cumsum(sizes) - sizes
+        pixels = np.empty(int(sizes.sum()), np.uint8)
+        for img_id, row in zip(tqdm(self.image_ids, desc="holding images", unit="img", disable=not progress), rows):
+            try:
+                image = np.asarray(self.load_image(img_id))                      # (h, w, 3)
+            except BadImageError:
+                start[row] = -1
+                continue
+            pixels[start[row]:start[row] + image.size] = image.reshape(-1)
+        self._pixels, self._pixel_start = pixels, start
+
     def load_image(self, img_id):
         """The image as PIL RGB (read_image), checked against the annotated size."""
         row = self._row(img_id)
         path, (width, height) = self.image_dir / str(self._rec_files[row]), self._rec_sizes[row].tolist()
+        if self._pixel_start is not None and self._pixel_start[row] >= 0:    # hold_images
+            first = self._pixel_start[row]
+            return Image.fromarray(self._pixels[first:first + width * height * 3].reshape(height, width, 3))
         image = read_image(path, f"image id {img_id}")
         if image.size != (width, height):
             exif = image.info.get("orientation", 1)

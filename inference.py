@@ -314,14 +314,18 @@ def format_table(stats, task, title="", label="Comp.", delta=None):
 
 
 # ----------------------------------------------------------------------------- during training
-def evaluate_model(model, val, cfg, rank, world, device, progress):
+def evaluate_model(model, val, cfg, rank, world, device, progress, components=True):
     """train.py's evaluations: COCO AP of the full model and of each component on the
     CocoDataset val (cfg: a train.TrainConfig, for its workers and precision). Every rank
     infers a shard, rank 0 evaluates the gathered results (de-duplicated: the sampler pads).
+    components=False leaves the per-component rows out (train.py's held-out test split: the
+    metric there, the diagnostics on val; they cost 3 of a demo split's 7 s).
 
     Pose adds the row "All+ref": the max component with CenterNet's hm_hp refinement (the
     default of CenterNet's pose test, the "refined" rows of Table 7); "All" is unrefined."""
     rows = component_rules(model.cfg.m)
+    if not components:
+        rows = {"All": rows["All"]}
     sampler = torch.utils.data.DistributedSampler(val, world, rank, shuffle=False)
     loader = torch.utils.data.DataLoader(val, batch_size=16, sampler=sampler, num_workers=cfg.workers)
     if model.cfg.task == "pose":

@@ -103,7 +103,9 @@ def test_the_size_check_names_exif_when_it_explains_a_mismatch(tmp_path):
     assert "EXIF" not in str(err.value)
 
 
-def test_bad_images_raise_or_skip(tmp_path):
+@pytest.mark.parametrize("hold", [False, True])
+def test_bad_images_raise_or_skip(tmp_path, hold):
+    """As read from the files, and with hold_images (which holds only the readable images)."""
     images = [dict(id=11, file_name="ok.png", width=32, height=32),
               dict(id=12, file_name="missing.png", width=32, height=32),
               dict(id=13, file_name="garbage.jpg", width=32, height=32),
@@ -117,11 +119,15 @@ def test_bad_images_raise_or_skip(tmp_path):
     jpeg = (image_dir / "truncated.jpg").read_bytes()
     (image_dir / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
     ds = cd.CocoDataset(ann_file, image_dir, "det", input_size=32)
+    if hold:
+        ds.hold_images()
     for index, (name, img_id) in enumerate([("missing.png", 12), ("garbage.jpg", 13),
                                             ("wrong_size.png", 14), ("truncated.jpg", 15)], start=1):
         with pytest.raises(tf.BadImageError, match=rf"image id {img_id}:.*{name}"):
             ds[index]
     skip = cd.CocoDataset(ann_file, image_dir, "det", input_size=32, skip_bad_images=True)
+    if hold:
+        skip.hold_images()
     with pytest.warns(UserWarning, match="skipped a bad image"):
         s = skip[1]
     assert s["image_id"] == 11 and skip.num_bad_images == 4           # 12 to 15, then 11

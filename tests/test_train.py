@@ -35,15 +35,20 @@ def args_for(data, out, *extra, m_flag="--m"):
 
 
 def test_train_checkpoint_evaluate(tiny_pose, tmp_path, capsys):
-    stats = train.main(args_for(tiny_pose, tmp_path / "run", "--epochs", "1"))
+    stats = train.main(args_for(tiny_pose, tmp_path / "run", "--epochs", "1", "--test-ann", tiny_pose[0],
+                                "--test-images", tiny_pose[1]))
     assert list(stats) == ["All", "All+ref", "1", "2"]  # pose adds the hm_hp-refined max row
     run = tmp_path / "run"
     lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and {"hm", "hps", "total", "lr", "time", "AP"} <= set(lines[0])
+    # the test split (here the same images) gives the metric only, the same numbers as val
+    assert (lines[0]["AP_test"], lines[0]["AP_test_refined"]) == (lines[0]["AP"], lines[0]["AP_refined"])
+    out = capsys.readouterr().out
+    test_table = out.split("held-out test split")[1].splitlines()[2:]
+    assert [row.split()[0] for row in test_table if row.strip() and not row.endswith("s in all")] == ["All", "All+ref"]
     assert (run / "curves.png").stat().st_size > 0 and json.loads((run / "config.json").read_text())["model"]["m"] == 2
     ckpt = torch.load(run / "ckpt.pt", weights_only=True)  # plain dict configs: loadable safely
     assert ckpt["epoch"] == 0 and ckpt["model_config"]["task"] == "pose" and ckpt["train_config"]["input_size"] == 64
-    out = capsys.readouterr().out
     assert "Comp." in out and "All" in out
     again = evaluate.main(["--checkpoint", str(run / "ckpt.pt"), "--ann", tiny_pose[0],
                            "--images", tiny_pose[1], "--out", str(tmp_path / "eval")])
@@ -81,6 +86,35 @@ def test_flip_is_off_by_default_only_on_the_synthetic_figures(tiny_pose, monkeyp
     assert chosen.flip_prob == 0.25 and train.datasets(chosen, "pose")[0].flip_prob == 0.25
     with pytest.raises(SystemExit, match="2"):
         cfg("--flip-prob", "2")
+
+
+def test_held_images_give_the_same_samples_without_the_files(tiny_pose, tmp_path, monkeypatch):
+    """--hold-images (on for the synthetic demo, off for given data) decodes the training
+    images once: every augmented sample is bit for bit the one read from the files, and
+    the files are not read again."""
+    import shutil
+    import synthetic_coco
+    monkeypatch.setattr(synthetic_coco, "ensure_demo_dataset", lambda task: {"train": tiny_pose, "val": tiny_pose, "test": tiny_pose})
+    cfg = lambda *argv: train.config_from_args(train.parse_args(list(argv)))[1]
+    assert cfg("--task", "pose").hold_images and not cfg("--task", "pose", "--no-hold-images").hold_images
+    given = ["--task", "pose", "--ann", tiny_pose[0], "--images", tiny_pose[1]]
+    assert not cfg(*given).hold_images and cfg(*given, "--hold-images").hold_images
+    images = tmp_path / "images"
+    shutil.copytree(tiny_pose[1], images)
+    argv = ["--task", "pose", "--ann", tiny_pose[0], "--images", str(images), "--arch", "small_dla", "--input-size", "64"]
+    files = train.datasets(cfg(*argv), "pose")[0]
+    held = train.datasets(cfg(*argv, "--hold-images"), "pose")[0]
+    read = []
+    for i in range(len(files)):
+        torch.manual_seed(i)
+        read.append(files[i])
+    shutil.rmtree(images)
+    with pytest.raises(tf.BadImageError, match="not found"):
+        files[0]
+    for i, b in enumerate(read):
+        torch.manual_seed(i)
+        a = held[i]
+        assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k])), i
 
 
 def test_no_augment_trains_on_exactly_the_evaluated_inputs(tiny_pose):
