@@ -342,10 +342,11 @@ class CocoDataset(torch.utils.data.Dataset):
     def load_image(self, img_id):
         """The image as PIL RGB (read_image), checked against the annotated size."""
         row = self._row(img_id)
-        path, (width, height) = self.image_dir / str(self._rec_files[row]), self._rec_sizes[row].tolist()
+        width, height = self._rec_sizes[row].tolist()
         if self._pixel_start is not None and self._pixel_start[row] >= 0:    # hold_images
             first = self._pixel_start[row]
             return Image.fromarray(self._pixels[first:first + width * height * 3].reshape(height, width, 3))
+        path = self.image_dir / str(self._rec_files[row])
         image = read_image(path, f"image id {img_id}")
         if image.size != (width, height):
             exif = image.info.get("orientation", 1)

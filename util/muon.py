@@ -36,10 +36,10 @@ def orthogonalise(G, steps=5, eps=1e-7):
     (tests/test_muon.py checks it in float64); run in float32, where torch runs bfloat16, which
     on a CPU is no faster for matrices this small. A stack (N, rows, cols) of same-shaped
     matrices goes through batched products."""
+    if G.size(-2) > G.size(-1):
+        return orthogonalise(G.mT, steps, eps).mT
     a, b, c = NS_COEFFICIENTS
     X = G.to(torch.promote_types(G.dtype, torch.float32))     # float64 stays (the tests' oracle)
-    if X.size(-2) > X.size(-1):
-        return orthogonalise(G.mT, steps, eps).mT
     X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)   # spectral norm <= Frobenius norm <= 1
     A0 = X @ X.mT                                               # (..., s, s)
     eye = torch.eye(A0.size(-1), dtype=A0.dtype, device=A0.device)
