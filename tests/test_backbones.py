@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dla import DLA, bilinear_, dla34, load_imagenet_weights
+from dla import DLA, StemBatchNorm2d, bilinear_, dla34, load_imagenet_weights
 from hourglass import StackedHourglass, hourglass_small
 from model import HEATMAP_PRIOR_BIAS, ModelConfig, build_model, head_channels
 
@@ -241,3 +241,49 @@ def test_size_multiple_errors(hg104, dla_full):
         net("small_hourglass", "det")(torch.randn(1, 3, 48, 64))
     with pytest.raises(ValueError, match=r"\(3, 64, 64\)"):
         net("small_dla", "det")(torch.randn(3, 64, 64))
+
+
+@pytest.mark.parametrize("channels", [3, 4, 8])
+def test_stem_batch_norm_matches_float64(channels):
+    """dla.StemBatchNorm2d: a channels_last CPU map of <= 8 channels normalised in the
+    contiguous layout: output (channels_last), running statistics and gradients equal a float64
+    batch norm to float32 rounding. The channels_last kernel itself misses by 1e-4 to 3e-4
+    here (test below), so the comparison fails if the contiguous path is not taken."""
+    torch.manual_seed(0)
+    x = (torch.randn(16, channels, 128, 128) * 3 + 5).contiguous(memory_format=torch.channels_last)
+    bn = StemBatchNorm2d(channels)
+    with torch.no_grad():
+        bn.weight.normal_(), bn.bias.normal_()
+    ref = copy.deepcopy(torch.nn.BatchNorm2d(channels)).double()
+    ref.load_state_dict(bn.state_dict())
+    assert list(bn.state_dict()) == list(torch.nn.BatchNorm2d(channels).state_dict())
+    g = torch.randn_like(x)
+    x.requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    y, y64 = bn(x), ref(x64)
+    y.backward(g), y64.backward(g.double())
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert (y.double() - y64).abs().max() < 2e-6
+    assert (x.grad.double() - x64.grad).abs().max() < 2e-5
+    for name in ("running_mean", "running_var"):
+        assert torch.allclose(getattr(bn, name).double(), getattr(ref, name), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(bn.weight.grad.double(), ref.weight.grad, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("channels", [4, 8])
+def test_stem_batch_norm_kernel_gap_is_real(channels):
+    """Why StemBatchNorm2d exists: if torch's channels_last kernel ever matches float64 at
+    these widths, this fails and the workaround can go."""
+    torch.manual_seed(0)
+    x = (torch.randn(16, channels, 128, 128) * 3 + 5).contiguous(memory_format=torch.channels_last)
+    y64 = torch.nn.BatchNorm2d(channels).double()(x.double())
+    assert (torch.nn.BatchNorm2d(channels)(x).double() - y64).abs().max() > 2e-6
+
+
+def test_stem_batch_norm_leaves_wider_maps_alone():
+    """From 16 channels on (and for contiguous maps) it is nn.BatchNorm2d, bit for bit."""
+    torch.manual_seed(0)
+    for x in (torch.randn(4, 16, 32, 32).contiguous(memory_format=torch.channels_last),
+              torch.randn(4, 4, 32, 32)):
+        bn, plain = StemBatchNorm2d(x.shape[1]), torch.nn.BatchNorm2d(x.shape[1])
+        assert torch.equal(bn(x), plain(x)) and torch.equal(bn.running_var, plain.running_var)
