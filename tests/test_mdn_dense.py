@@ -313,6 +313,31 @@ def test_mixture_at_equals_dense_maps_gathered(task, m):
     assert torch.allclose(la_k, md.gather_feat(log_alpha, ind))
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gather_feat_equals_a_loop_in_either_layout(layout):
+    """gather_feat against reading fmap[b, :, y, x] one object at a time; the gradient (a
+    scatter back into the map) is the same bits in both layouts, so a channels_last
+    network trains as a contiguous one would."""
+    g = torch.Generator().manual_seed(5)
+    fmap0 = torch.randn(2, 9, 6, 7, generator=g)
+    ind = torch.randint(0, 42, (2, 5), generator=g)
+    ind[1, 3:] = 0                                                     # padding objects share cell 0
+    w = torch.randn(2, 5, 9, generator=g)
+    fmap = fmap0.clone(memory_format=layout).requires_grad_()
+    got = md.gather_feat(fmap, ind)
+    loop = torch.stack([torch.stack([fmap0[b, :, i // 7, i % 7] for i in ind[b].tolist()]) for b in range(2)])
+    assert got.shape == (2, 5, 9) and torch.equal(got, loop)
+    (got * w).sum().backward()
+    ref = fmap0.clone().requires_grad_()
+    (md.gather_feat(ref, ind) * w).sum().backward()                    # the contiguous path
+    assert torch.equal(fmap.grad, ref.grad)
+    expected = torch.zeros_like(fmap0)
+    for b in range(2):
+        for n, i in enumerate(ind[b].tolist()):
+            expected[b, :, i // 7, i % 7] += w[b, n]
+    assert torch.allclose(fmap.grad, expected, atol=1e-6)
+
+
 def test_select_component_rules_on_one_mixture():
     mu = torch.tensor([[[1.0, 2.0], [10.0, 20.0], [100.0, 200.0]]])   # (1, M=3, D=2)
     sigma = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])
