@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from synthetic_coco import make_dataset
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_thread():
@@ -11,3 +13,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """Ten synthetic validation images per task: {"det" | "pose": (ann_file, image_dir)}.
+    Shared by every test file: read them, never write into them."""
+    root = tmp_path_factory.mktemp("synthetic")
+    return {task: make_dataset(root, task, "val", 10) for task in ("det", "pose")}

@@ -10,7 +10,6 @@ from torch.utils.flop_counter import FlopCounterMode
 import bench
 from util.recipes import preset
 from util import precision as px
-import mdn_dense as md
 from model import ModelConfig, build_model
 
 

@@ -13,7 +13,6 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 import annotations as an
-from analysis import components as analysis
 from analysis import calibration as cal
 import evaluate
 import inference
@@ -22,16 +21,9 @@ from analysis import uncertainty as uq
 from coco_data import CocoDataset
 from coco_eval import coco_evaluate
 from model import default_sigma_floor, load_model
-from synthetic_coco import make_dataset
 from test_evaluate import MIN_ORACLE_AP, fake_checkpoint
 
 NAMES = ["nose", "left_wrist", "right_ankle"]          # one facial joint, two limbs
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    return {task: make_dataset(root, task, "val", 10) for task in ("det", "pose")}
 
 
 def make_coco(annotations, keypoints=None):
