@@ -287,3 +287,13 @@ def test_stem_batch_norm_leaves_wider_maps_alone():
               torch.randn(4, 4, 32, 32)):
         bn, plain = StemBatchNorm2d(x.shape[1]), torch.nn.BatchNorm2d(x.shape[1])
         assert torch.equal(bn(x), plain(x)) and torch.equal(bn.running_var, plain.running_var)
+
+
+def test_stem_norm_check_reports_the_gap(capsys):
+    """`python -m checks.stem_norm`, the command behind StemBatchNorm2d's numbers: one row per
+    map, the contiguous kernel within float32 rounding of float64 where channels_last is not."""
+    from checks import stem_norm
+    rows = stem_norm.main(["--rounds", "1", "--no-step"])
+    cl, contig, e_cl, e_contig = rows[(16, 4, 128, 128)]
+    assert e_contig < 2e-6 < e_cl and cl > 0 and contig > 0
+    assert "(16, 4, 128, 128)" in capsys.readouterr().out
