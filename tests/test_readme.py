@@ -19,3 +19,18 @@ def test_readme_tour_names_existing_files():
     tour = readme.split("## A tour of the files")[1].split("\n## ")[0]
     for name in re.findall(r"^\| `([^`]+)`", tour, re.M):
         assert (ROOT / name.rstrip("/")).exists(), name
+
+
+def github_anchor(heading):
+    """The id GitHub gives a Markdown heading: lower case, punctuation dropped, spaces -> '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_in_page_links_of_readme_and_results_resolve():
+    """Every [text](#anchor) in README.md and RESULTS.md names a heading of the same file (a
+    section once vanished while the contents still listed it)."""
+    for name in ("README.md", "RESULTS.md"):
+        text = (ROOT / name).read_text()
+        anchors = {github_anchor(h) for h in re.findall(r"^#{1,6} (.+)$", text, re.M)}
+        missing = sorted(set(re.findall(r"\]\(#([^)]+)\)", text)) - anchors)
+        assert not missing, f"{name}: links to no heading: {missing}"
