@@ -42,27 +42,12 @@ from annotations import COCO_PERSON_SIGMAS
 from util.ema import WeightAverage
 from util.muon import build_optimizer
 from util.recipes import preset
+from util.timing import interleaved, timed
 
 SAMPLE = Path(__file__).resolve().parent.parent / "shared" / "coco_sample"
 # The CPU demo's train step before the speedrun preset (fp32 in the contiguous layout, batch
 # 32, 20 epochs, no weight average, Adam), timed beside today's preset in the same command.
 OLD_DEMO = dict(batch=32, epochs=20, layout="contiguous", ema=0.0, optimizer="adam")
-
-
-def timed(fn, warmup, iters, cuda):
-    """Median seconds of fn() over iters calls after warmup calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if cuda:
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def synthetic_batch(task, B, size, device, num_classes):
@@ -138,20 +123,9 @@ def row_train(arch, task, m, size, batch, device, warmup, iters, head="separate"
 
 
 def row_pair(specs, device, warmup, iters):
-    """Train steps of several configurations timed in turn in one process (step of the first,
-    of the second, ...), so that a change in the machine's load hits them alike: the
-    reliable ratio on a shared machine. -> {"train ms/img": [one per spec]}."""
+    """Train steps of several configurations timed by `util.timing.interleaved`. -> {"train ms/img": [one per spec]}."""
     steps = [train_step(device=device, **s)[0] for s in specs]
-    for _ in range(warmup):
-        for step in steps:
-            step()
-    times = [[] for _ in steps]
-    for _ in range(iters):
-        for step, seen in zip(steps, times):
-            t = time.perf_counter()
-            step()
-            seen.append(time.perf_counter() - t)
-    return {"train ms/img": [1000 * statistics.median(t) / s["batch"] for t, s in zip(times, specs)]}
+    return {"train ms/img": [1000 * t / s["batch"] for t, s in zip(interleaved(steps, warmup, iters), specs)]}
 
 
 def row_parts(arch, task, m, size, batch, device, warmup, iters, precision="fp32", optimizer="adam"):

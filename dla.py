@@ -45,11 +45,12 @@ class StemBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d (same parameters, same state_dict keys) that normalises a CPU
     channels_last map of at most 8 channels in the contiguous layout. PyTorch's CPU
     channels_last kernel is slow and inexact there: on `dla_small`'s full-resolution stem
-    (16 x 4 x 128 x 128, 2 threads, torch 2.13) forward + backward takes 13.0 ms against
-    4.0 ms with the two layout copies, and its output is 1.3e-4 from a float64 batch norm
-    against 4e-7 (16 x 8 x 64 x 64: 1.9 against 1.8 ms, 9e-6 against 8e-7; `python -m
-    checks.stem_norm`). From 16 channels on channels_last is faster; DLA-34's narrowest map
-    has 16 channels, so only the small network's first three layers take this path."""
+    (16 x 4 x 128 x 128, 2 threads, torch 2.13) forward + backward takes 2-3x as long as
+    with the two layout copies to the contiguous kernel, and its output is 1.3e-4 from a
+    float64 batch norm against 4e-7 (16 x 8 x 64 x 64: the same time, 9e-6 against 8e-7;
+    `python -m checks.stem_norm`). From 16 channels on channels_last is faster; DLA-34's
+    narrowest map has 16 channels, so only the small network's first three layers take this
+    path."""
 
     def forward(self, x):
         if (x.device.type == "cpu" and x.dim() == 4 and x.shape[1] <= 8 and not x.is_contiguous()

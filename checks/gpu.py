@@ -60,7 +60,7 @@ def last_line(text):
 # ----------------------------------------------------------------------------- one process each
 def infer_row(arch, size, precision, warmup=5, iters=30):
     """Forward (last stack) + decode of one image on CUDA: {'FPS', 'peak MB'}."""
-    from bench import timed
+    from util.timing import timed
     from decode import decode
     from model import ModelConfig, build_model, default_sigma_floor
     from util import precision as px
